@@ -1,0 +1,71 @@
+#include "clip_layers.h"
+
+#include <cmath>
+
+namespace vlmadapt::detail {
+
+torch::Tensor layer_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x) {
+  if (x.scalar_type() == torch::kFloat) return ln->forward(x);
+  return ln->forward(x.to(torch::kFloat)).to(x.scalar_type());
+}
+
+static torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
+}
+
+AttentionImpl::AttentionImpl(int64_t width, int64_t heads) : heads_(heads) {
+  in_proj_weight_ = register_parameter("in_proj_weight", torch::empty({3 * width, width}));
+  in_proj_bias_ = register_parameter("in_proj_bias", torch::zeros({3 * width}));
+  out_proj_ = register_module("out_proj", torch::nn::Linear(width, width));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  const int64_t n = x.size(0), l = x.size(1), d = x.size(2), hd = d / heads_;
+  // [N,L,3D] -> 3 x [N,H,L,hd]
+  auto qkv = torch::linear(x, in_proj_weight_, in_proj_bias_).view({n, l, 3, heads_, hd});
+  qkv = qkv.permute({2, 0, 3, 1, 4});
+  auto q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
+  auto scores = torch::matmul(q, qkv[1].transpose(-2, -1));
+  if (mask.defined()) scores = scores + mask;
+  auto out = torch::matmul(torch::softmax(scores, -1), qkv[2]);  // [N,H,L,hd]
+  return out_proj_->forward(out.transpose(1, 2).reshape({n, l, d}));
+}
+
+MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation) {
+  c_fc_ = register_module("c_fc", torch::nn::Linear(width, 4 * width));
+  c_proj_ = register_module("c_proj", torch::nn::Linear(4 * width, width));
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  auto h = c_fc_->forward(x);
+  h = activation_ == Activation::QuickGELU ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
+  return c_proj_->forward(h);
+}
+
+ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
+                                                       const ClipConfig& config) {
+  attn_ = register_module("attn", Attention(width, heads));
+  ln_1_ = register_module("ln_1", make_layer_norm(width, config.layer_norm_eps));
+  mlp_ = register_module("mlp", Mlp(width, config.activation));
+  ln_2_ = register_module("ln_2", make_layer_norm(width, config.layer_norm_eps));
+}
+
+torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto y = x + attn_->forward(layer_norm(ln_1_, x), mask);
+  return y + mlp_->forward(layer_norm(ln_2_, y));
+}
+
+Transformer::Transformer(int64_t width, int64_t layers, int64_t heads, const ClipConfig& config) {
+  auto list = register_module("resblocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < layers; ++i) {
+    blocks_.emplace_back(width, heads, config);
+    list->push_back(blocks_.back());
+  }
+}
+
+torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask) {
+  for (auto& block : blocks_) x = block->forward(x, mask);
+  return x;
+}
+
+}  // namespace vlmadapt::detail

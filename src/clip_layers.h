@@ -1,0 +1,70 @@
+// The building blocks of the CLIP towers (openai/CLIP clip/model.py). Internal:
+// parameter names follow OpenAI's state-dict keys.
+#pragma once
+#include <torch/torch.h>
+
+#include <vlmadapt/clip.h>
+
+namespace vlmadapt::detail {
+
+// Pre-LN layer norm that computes in fp32 and casts back, as the reference does for fp16.
+torch::Tensor layer_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x);
+
+// nn.MultiheadAttention's parameters (packed q,k,v) with a batch-first forward.
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(int64_t width, int64_t heads);
+  // x [N,L,D]; mask additive [L,L] or undefined.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+ private:
+  int64_t heads_;
+  torch::Tensor in_proj_weight_, in_proj_bias_;
+  torch::nn::Linear out_proj_{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t width, Activation activation);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  Activation activation_;
+  torch::nn::Linear c_fc_{nullptr}, c_proj_{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class ResidualAttentionBlockImpl : public torch::nn::Module {
+ public:
+  ResidualAttentionBlockImpl(int64_t width, int64_t heads, const ClipConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+ private:
+  Attention attn_{nullptr};
+  torch::nn::LayerNorm ln_1_{nullptr}, ln_2_{nullptr};
+  Mlp mlp_{nullptr};
+};
+TORCH_MODULE(ResidualAttentionBlock);
+
+// `resblocks.{i}`; batch-first [N,L,D].
+class Transformer : public torch::nn::Module {
+ public:
+  Transformer(int64_t width, int64_t layers, int64_t heads, const ClipConfig& config);
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
+  size_t size() const { return blocks_.size(); }
+
+ private:
+  std::vector<ResidualAttentionBlock> blocks_;
+};
+
+// `visual`: pixels [N,3,R,R] -> features [N,E].
+class VisionTower : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& pixels) = 0;
+};
+
+std::shared_ptr<VisionTower> make_vision_transformer(const ClipConfig& config);
+std::shared_ptr<VisionTower> make_modified_resnet(const ClipConfig& config);
+
+}  // namespace vlmadapt::detail

@@ -1,0 +1,224 @@
+// The CLIP towers and loaders against the reference's goldens, in every format.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <vlmadapt/vlmadapt.h>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace vlmadapt;
+namespace vt = vlmadapt::testing;
+
+namespace {
+
+struct Case {
+  std::string model;
+  std::string file;
+  CheckpointFormat format;
+  // The open_clip fixture files store every tensor in fp16, layer norms and
+  // logit_scale included, while the reference keeps those in fp32: they hold
+  // less information than the goldens were made from (see FixturePrecision).
+  bool all_fp16 = false;
+};
+
+std::vector<Case> cases() {
+  return {{"tiny_vit", "model_openai.pt", CheckpointFormat::OpenAITorchScript},
+          {"tiny_vit", "model_openclip.safetensors", CheckpointFormat::OpenClipSafetensors, true},
+          {"tiny_vit", "model_hf.safetensors", CheckpointFormat::HuggingFace},
+          {"tiny_rn", "model_openai.pt", CheckpointFormat::OpenAITorchScript},
+          {"tiny_rn", "model_openclip.safetensors", CheckpointFormat::OpenClipSafetensors, true},
+          {"tiny_rn", "model_openclip.bin", CheckpointFormat::OpenClipPickle, true}};
+}
+
+fs::path model_dir(const std::string& m) { return vt::fixtures() / "clip" / m; }
+
+double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+class GoldenTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GoldenTest, FeaturesAndLogitsMatchReference) {
+  const Case& c = GetParam();
+  const auto path = (model_dir(c.model) / c.file).string();
+  Checkpoint ck = read_checkpoint(path);
+  EXPECT_EQ(ck.format, c.format);
+  Clip clip = load_clip(path);
+  auto golden = read_safetensors((model_dir(c.model) / "golden.safetensors").string());
+  torch::NoGradGuard no_grad;
+  auto img = clip->encode_image(golden.at("pixels"));
+  auto txt = clip->encode_text(golden.at("tokens"));
+  auto logits = clip->logits(img, txt);
+  if (c.all_fp16) {
+    // Exact loader check: the same features as the reference weights rounded to fp16 ...
+    auto sd = read_checkpoint((model_dir(c.model) / "model_openai.pt").string()).state_dict;
+    for (auto& [k, v] : sd) v = v.is_floating_point() ? v.to(torch::kHalf).to(torch::kFloat) : v;
+    Clip rounded(ck.config);
+    rounded->load_weights(sd, "rounded reference");
+    EXPECT_LT(max_abs(img, rounded->encode_image(golden.at("pixels"))), 1e-5) << path;
+    EXPECT_LT(max_abs(txt, rounded->encode_text(golden.at("tokens"))), 1e-5) << path;
+    // ... and within fp16 rounding of the goldens.
+    EXPECT_LT(max_abs(img, golden.at("image_features")), 5e-3) << path;
+    EXPECT_LT(max_abs(txt, golden.at("text_features")), 5e-3) << path;
+    EXPECT_LT(max_abs(logits, golden.at("logits_per_image")), 5e-2) << path;
+  } else {
+    EXPECT_LT(max_abs(img, golden.at("image_features")), 1e-4) << path;
+    EXPECT_LT(max_abs(txt, golden.at("text_features")), 1e-4) << path;
+    EXPECT_LT(max_abs(logits, golden.at("logits_per_image")), 1e-4) << path;
+  }
+  EXPECT_EQ(clip->logit_scale().dim(), 0);
+  EXPECT_EQ(clip->encode_text(golden.at("tokens").to(torch::kInt)).sizes(), txt.sizes());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, GoldenTest, ::testing::ValuesIn(cases()), [](const auto& info) {
+  std::string name = info.param.model + "_" + info.param.file;
+  for (auto& ch : name)
+    if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+});
+
+TEST(Clip, FixturePrecision) {
+  // Why the open_clip files are checked against rounded weights: their layer norms
+  // are fp16 while the reference's are fp32.
+  auto oc = read_safetensors((model_dir("tiny_vit") / "model_openclip.safetensors").string());
+  auto ref = read_checkpoint((model_dir("tiny_vit") / "model_openai.pt").string()).state_dict;
+  EXPECT_EQ(oc.at("ln_final.weight").scalar_type(), torch::kHalf);
+  EXPECT_EQ(ref.at("ln_final.weight").scalar_type(), torch::kFloat);
+  EXPECT_FALSE(torch::equal(oc.at("ln_final.weight").to(torch::kFloat), ref.at("ln_final.weight")));
+  EXPECT_TRUE(torch::equal(oc.at("ln_final.weight"), ref.at("ln_final.weight").to(torch::kHalf)));
+}
+
+TEST(Clip, ArchitectureReadOffShapes) {
+  auto vit = read_checkpoint((model_dir("tiny_vit") / "model_openclip.safetensors").string()).config;
+  EXPECT_TRUE(vit.vision_vit);
+  EXPECT_EQ(vit.image_resolution, 32);
+  EXPECT_EQ(vit.vision_patch_size, 8);
+  EXPECT_EQ(vit.vision_layers, std::vector<int64_t>{2});
+  EXPECT_EQ(vit.embed_dim, 64);
+  EXPECT_EQ(vit.transformer_heads, 2);
+  auto rn = read_checkpoint((model_dir("tiny_rn") / "model_openai.pt").string()).config;
+  EXPECT_FALSE(rn.vision_vit);
+  EXPECT_EQ(rn.vision_layers, (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_EQ(rn.image_resolution, 64);
+  EXPECT_EQ(rn.vision_heads, 8);
+}
+
+TEST(Clip, HfFolderLoads) {
+  auto dir = vt::temp_dir("hf_folder");
+  fs::copy_file(model_dir("tiny_vit") / "model_hf.safetensors", dir / "model.safetensors");
+  fs::copy_file(model_dir("tiny_vit") / "model_hf.config.json", dir / "config.json");
+  Clip clip = load_clip(dir.string());
+  EXPECT_EQ(clip->image_resolution(), 32);
+  fs::remove_all(dir);
+}
+
+TEST(Clip, TextCutAfterLastEndTokenIsExact) {
+  Clip clip = load_clip((model_dir("tiny_vit") / "model_openclip.safetensors").string());
+  auto golden = read_safetensors((model_dir("tiny_vit") / "golden.safetensors").string());
+  torch::NoGradGuard no_grad;
+  auto tokens = golden.at("tokens").narrow(0, 0, 4);  // short prompts
+  auto eot = tokens.argmax(-1);
+  auto emb = clip->embed_tokens(tokens);
+  const int64_t last = eot.max().item<int64_t>() + 1;
+  auto full = clip->encode_text_embeddings(emb, eot);
+  auto cut = clip->encode_text_embeddings(emb.narrow(1, 0, last).contiguous(), eot);
+  EXPECT_TRUE(torch::equal(full, cut));
+  // Garbage after the end token changes nothing either: the causal mask hides it.
+  auto noisy = emb.clone();
+  noisy.narrow(1, last, 77 - last).normal_();
+  EXPECT_TRUE(torch::allclose(clip->encode_text_embeddings(noisy, eot), full, 0, 1e-6));
+  // And the embedding entry equals encode_text.
+  EXPECT_LT(max_abs(full, clip->encode_text(tokens)), 1e-6);
+}
+
+TEST(Clip, SaveLoadRoundTrip) {
+  Clip clip = load_clip((model_dir("tiny_rn") / "model_openai.pt").string());
+  auto dir = vt::temp_dir("save_clip");
+  const auto out = (dir / "m.safetensors").string();
+  save_clip(clip, out);
+  Clip again = load_clip(out);
+  auto golden = read_safetensors((model_dir("tiny_rn") / "golden.safetensors").string());
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(clip->encode_image(golden.at("pixels")), again->encode_image(golden.at("pixels"))));
+  fs::remove_all(dir);
+}
+
+TEST(Clip, FrozenByDefault) {
+  Clip clip = load_clip((model_dir("tiny_vit") / "model_openclip.safetensors").string());
+  for (const auto& p : clip->parameters()) EXPECT_FALSE(p.requires_grad());
+  clip->train();
+  EXPECT_FALSE(clip->is_training());
+}
+
+TEST(Clip, RandomNamedArchitectures) {
+  EXPECT_THROW(ClipConfig::named("ViT-X/99"), Error);
+  Clip c = random_clip("RN50");
+  EXPECT_EQ(c->image_resolution(), 224);
+  EXPECT_EQ(ClipConfig::named("ViT-B/16").vision_patch_size, 16);
+}
+
+// ---- bad input -------------------------------------------------------------
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(ClipErrors, MissingFile) {
+  auto msg = error_of([] { load_clip("/nonexistent/model.pt"); });
+  EXPECT_NE(msg.find("/nonexistent/model.pt"), std::string::npos) << msg;
+}
+
+TEST(ClipErrors, TruncatedCheckpoints) {
+  auto dir = vt::temp_dir("truncated");
+  for (const auto& file : {"model_openai.pt", "model_openclip.safetensors", "model_openclip.bin"}) {
+    const auto src = model_dir("tiny_rn") / file;
+    const auto dst = (dir / file).string();
+    std::ifstream in(src, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(dst, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+    auto msg = error_of([&] { load_clip(dst); });
+    EXPECT_NE(msg.find(dst), std::string::npos) << file << ": " << msg;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(ClipErrors, UnknownLayoutAndWrongShape) {
+  auto dir = vt::temp_dir("layout");
+  const auto odd = (dir / "odd.safetensors").string();
+  write_safetensors(odd, {{"encoder.weight", torch::zeros({2, 2})}});
+  auto msg = error_of([&] { load_clip(odd); });
+  EXPECT_NE(msg.find("unknown checkpoint layout"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(odd), std::string::npos) << msg;
+
+  auto sd = read_safetensors((model_dir("tiny_vit") / "model_openclip.safetensors").string());
+  sd["ln_final.bias"] = torch::zeros({7});
+  const auto bad = (dir / "bad.safetensors").string();
+  write_safetensors(bad, sd);
+  msg = error_of([&] { load_clip(bad); });
+  EXPECT_NE(msg.find("ln_final.bias"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+
+  const auto not_model = (dir / "text.pt").string();
+  std::ofstream(not_model) << "this is not a checkpoint at all";
+  msg = error_of([&] { load_clip(not_model); });
+  EXPECT_NE(msg.find(not_model), std::string::npos) << msg;
+  fs::remove_all(dir);
+}
+
+TEST(ClipErrors, WrongInputShapes) {
+  Clip clip = load_clip((model_dir("tiny_vit") / "model_openclip.safetensors").string());
+  EXPECT_THROW(clip->encode_image(torch::zeros({1, 3, 31, 31})), Error);
+  EXPECT_THROW(clip->encode_text(torch::zeros({1, 78}, torch::kLong)), Error);
+  EXPECT_THROW(clip->encode_text(torch::zeros({1, 77}, torch::kFloat)), Error);
+}
+
+}  // namespace

@@ -1,0 +1,26 @@
+// Where the goldens are, and small helpers shared by the suites.
+#pragma once
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+
+namespace vlmadapt::testing {
+
+inline std::filesystem::path shared_dir() {
+  if (const char* env = std::getenv("VLMADAPT_SHARED")) return env;
+  return VLMADAPT_SHARED_DIR;
+}
+inline std::filesystem::path fixtures() { return shared_dir() / "fixtures"; }
+inline std::filesystem::path source_dir() { return VLMADAPT_SOURCE_DIR; }
+
+// A fresh temporary folder for one test.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("vlmadapt_test_" + name + "_" +
+                                                       std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+}  // namespace vlmadapt::testing
