@@ -24,3 +24,10 @@ inline std::filesystem::path temp_dir(const std::string& name) {
 }
 
 }  // namespace vlmadapt::testing
+
+namespace vlmadapt::testing {
+// The built `vlmadapt` executable (for tests that must run it as a separate process).
+inline std::string cli_path() { return VLMADAPT_CLI; }
+inline std::string tiny_vit() { return (fixtures() / "clip" / "tiny_vit" / "model_openai.pt").string(); }
+inline std::string tiny_rn() { return (fixtures() / "clip" / "tiny_rn" / "model_openai.pt").string(); }
+}  // namespace vlmadapt::testing

@@ -2,9 +2,9 @@
 // Resize(n_px, bicubic, shorter side) -> CenterCrop(n_px) -> RGB -> Normalize.
 #pragma once
 #include <ATen/core/Tensor.h>
-#include <opencv2/core.hpp>
 
 #include <array>
+#include <opencv2/core.hpp>
 #include <string>
 
 namespace vlmadapt {

@@ -1,0 +1,60 @@
+// Named options bound to fields of plain structs, with defaults and help text
+// beside the struct that owns them (mlpack style). Recipes, the command line and
+// `vlmadapt methods` all go through this one table.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vlmadapt {
+
+class OptionSet {
+ public:
+  struct Entry {
+    std::string key;   // "section.name"
+    std::string type;  // int, float, bool, string, list
+    std::string help;
+    std::function<void(const std::string&)> set;  // parses; throws vlmadapt::Error naming the key
+    std::function<std::string()> get;             // current value as text; set(get()) is a no-op
+    std::vector<std::string> choices;             // allowed values of a string option (empty = any)
+  };
+
+  // Keys are "section.name"; with an empty section (the recipe's top-level keys) just "name".
+  // Values are parsed as: int/int64 decimal integers; float any finite number; bool
+  // true/false/1/0/yes/no/on/off (any case); string as is. Recipe values cannot hold '#'
+  // (INI comment) nor leading/trailing blanks.
+  explicit OptionSet(std::string section) : section_(std::move(section)) {}
+
+  OptionSet& add(const std::string& name, int& field, const std::string& help);
+  OptionSet& add(const std::string& name, int64_t& field, const std::string& help);
+  OptionSet& add(const std::string& name, double& field, const std::string& help);
+  OptionSet& add(const std::string& name, bool& field, const std::string& help);
+  OptionSet& add(const std::string& name, std::string& field, const std::string& help);
+  // A string that must be one of `choices` ("sgd", "adam", ...); other values are errors.
+  OptionSet& add(const std::string& name, std::string& field, const std::string& help,
+                 std::vector<std::string> choices);
+  // A '|'-separated list in recipes ("a photo of a {}.|art of the {}."): '|' rather than ','
+  // so that prompt templates may contain commas. Items are trimmed; empty items are dropped.
+  OptionSet& add(const std::string& name, std::vector<std::string>& field, const std::string& help);
+
+  const std::string& section() const { return section_; }
+  const std::vector<Entry>& entries() const { return entries_; }
+  const Entry* find(const std::string& key) const;
+  // Sets one "section.name" = value; throws vlmadapt::Error for an unknown key.
+  void set(const std::string& key, const std::string& value) const;
+  // Keeps an object that the entries point into alive as long as the set.
+  void keep_alive(std::shared_ptr<void> owner) { owners_.push_back(std::move(owner)); }
+
+ private:
+  OptionSet& push(Entry entry);
+  std::string section_;
+  std::vector<Entry> entries_;
+  std::vector<std::shared_ptr<void>> owners_;
+};
+
+// The known key closest to `key` by edit distance (for "did you mean" messages).
+std::string nearest_key(const std::string& key, const std::vector<std::string>& known);
+
+}  // namespace vlmadapt

@@ -1,0 +1,32 @@
+// One run of a recipe, end to end: data and few-shot split, backbone, method,
+// training-free fitting on train/val features, the shared training loop, and the
+// evaluator on val and test (base and new classes under base-to-new). Everything a
+// run produces lives in its folder: recipe.ini, split.json, method.safetensors,
+// checkpoint/, metrics.json, confusion_*.csv, run.json.
+#pragma once
+#include <iosfwd>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <vlmadapt/recipe.h>
+
+namespace vlmadapt {
+
+struct RunSummary {
+  std::string dir;
+  bool skipped = false;      // an existing finished run, not forced
+  nlohmann::json metrics;    // contents of metrics.json
+};
+
+// Trains (when the method learns) and evaluates `recipe`. With `resume`, continues from
+// the run's latest epoch checkpoint.
+RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log);
+
+// Evaluates a finished run again on `split` (test, val), from its folder alone.
+nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log);
+
+// A checkpoint path for model.checkpoint: "default" is the built-in model (models/).
+std::string resolve_checkpoint(const std::string& name);
+
+}  // namespace vlmadapt

@@ -1,0 +1,110 @@
+// End to end: recipes through the shared loop and evaluator on Fashion-MNIST with a
+// fixture model; resume after a real kill; recipe errors through the CLI.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <vlmadapt/fs.h>
+#include <vlmadapt/progress.h>
+#include <vlmadapt/safetensors.h>
+
+#include "cli/cli.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+namespace vt = vlmadapt::testing;
+
+namespace {
+
+// A small but real few-shot run: 10 classes, 4 shots, 500 test images, the tiny ViT.
+std::string recipe(const fs::path& dir, const std::string& method, const std::string& extra = "") {
+  const auto path = dir / (method + ".ini");
+  std::ofstream(path) << "method = " << method << "\noutput = " << (dir / "runs").string() << "\n"
+                      << "[data]\ndataset = fashion_mnist\nshots = 4\nseed = 1\ntest_limit = 500\n"
+                      << "[model]\ncheckpoint = " << vt::tiny_vit() << "\n"
+                      << "[train]\nepochs = 4\nbatch_size = 8\n" << extra;
+  return path.string();
+}
+
+int cli(std::vector<std::string> args, std::string* out = nullptr) {
+  std::ostringstream o, e;
+  vlmadapt::Progress::quiet() = true;
+  int code = vlmadapt::cli::run(args, o, e);
+  if (out) *out = o.str() + e.str();
+  return code;
+}
+
+nlohmann::json metrics_of(const fs::path& run) {
+  return nlohmann::json::parse(vlmadapt::read_file((run / "metrics.json").string()));
+}
+
+fs::path run_dir(const fs::path& dir, const std::string& method, const std::string& name) {
+  return dir / "runs" / "fashion_mnist" / method / (name + "_4shot") / "seed1";
+}
+
+TEST(Run, CoopEndToEnd) {
+  auto dir = vt::temp_dir("run_coop");
+  std::string log;
+  ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "coop", "[coop]\nn_ctx = 4\n")}, &log), 0) << log;
+  auto run = run_dir(dir, "coop", "coop");
+  for (const char* f : {"recipe.ini", "split.json", "method.safetensors", "metrics.json", "run.json", "confusion_test.csv"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  auto m = metrics_of(run);
+  EXPECT_EQ(m["test"]["count"].get<int>(), 500);
+  EXPECT_GT(m["test"]["top1"].get<double>(), 0.0);
+  EXPECT_EQ(vlmadapt::read_safetensors((run / "method.safetensors").string()).at("prompt_learner.ctx").size(0), 4);
+  // eval from the folder alone gives the same numbers
+  std::string out;
+  ASSERT_EQ(cli({"eval", "--run", run.string()}, &out), 0) << out;
+  EXPECT_NE(out.find(std::to_string(m["test"]["top1"].get<double>()).substr(0, 5)), std::string::npos) << out;
+  // a finished run is skipped unless forced
+  ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "coop", "[coop]\nn_ctx = 4\n")}, &out), 0);
+  EXPECT_NE(out.find("skipping"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
+TEST(Run, LinearProbeEndToEnd) {
+  auto dir = vt::temp_dir("run_probe");
+  std::string log;
+  ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "linear_probe")}, &log), 0) << log;
+  auto m = metrics_of(run_dir(dir, "linear_probe", "linear_probe"));
+  EXPECT_EQ(m["test"]["count"].get<int>(), 500);
+  EXPECT_GT(m["test"]["top1"].get<double>(), 10.0);  // well above chance on 10 classes
+  fs::remove_all(dir);
+}
+
+TEST(Run, ResumeAfterAKillReachesTheSameParameters) {
+  auto dir = vt::temp_dir("run_resume");
+  const auto straight = recipe(dir, "coop", "[coop]\nn_ctx = 4\n");
+  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=straight"}), 0);
+  // The same run in a separate process, killed (SIGKILL) right after epoch 2 ...
+  const std::string cmd = "VLMADAPT_KILL_AFTER_EPOCH=2 " + vt::cli_path() + " train --recipe " + straight +
+                          " --set name=killed > /dev/null 2>&1";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << status;
+  auto killed = run_dir(dir, "coop", "killed");
+  ASSERT_FALSE(fs::exists(killed / "method.safetensors"));
+  ASSERT_TRUE(fs::exists(killed / "checkpoint" / "latest.json"));
+  // ... then resumed: the final context vectors equal the uninterrupted run's exactly.
+  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=killed", "--resume"}), 0);
+  auto a = vlmadapt::read_safetensors((run_dir(dir, "coop", "straight") / "method.safetensors").string());
+  auto b = vlmadapt::read_safetensors((killed / "method.safetensors").string());
+  EXPECT_TRUE(torch::equal(a.at("prompt_learner.ctx"), b.at("prompt_learner.ctx")));
+  fs::remove_all(dir);
+}
+
+TEST(Run, RecipeErrorsNameTheKey) {
+  auto dir = vt::temp_dir("run_errors");
+  std::string out;
+  EXPECT_NE(cli({"train", "--recipe", recipe(dir, "coop"), "--set", "train.lr_rate=0.1"}, &out), 0);
+  EXPECT_NE(out.find("train.lr"), std::string::npos) << out;
+  EXPECT_NE(cli({"train", "--recipe", (dir / "missing.ini").string()}, &out), 0);
+  EXPECT_NE(out.find("missing.ini"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
+}  // namespace

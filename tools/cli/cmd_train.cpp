@@ -1,0 +1,72 @@
+// vlmadapt methods | train | eval: recipes through the shared loop and evaluator.
+#include <ostream>
+
+#include <vlmadapt/error.h>
+#include <vlmadapt/method.h>
+#include <vlmadapt/recipe.h>
+#include <vlmadapt/run.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+
+namespace vlmadapt::cli {
+namespace {
+
+int methods(const std::vector<std::string>& args, std::ostream& out, std::ostream&) {
+  po::options_description o("methods options");
+  o.add_options()("name", po::value<std::string>(), "show one method only");
+  auto p = parse_args(args, "vlmadapt methods [NAME]", o, "name", out);
+  if (p.help) return 0;
+  for (const auto& name : method_names()) {
+    if (p.vars.count("name") && p.vars["name"].as<std::string>() != name) continue;
+    const auto& info = find_method(name);
+    out << name << ": " << info.summary << "\n";
+    const OptionSet options = method_options(name);  // entries() refer into it: keep it alive
+    for (const auto& e : options.entries())
+      out << "  " << e.key << " = " << e.get() << "  (" << e.type << ") " << e.help << "\n";
+    out << "\n";
+  }
+  if (p.vars.count("name")) find_method(p.vars["name"].as<std::string>());  // unknown name -> error
+  return 0;
+}
+
+po::options_description recipe_options() {
+  po::options_description o("recipe options");
+  o.add_options()("recipe,r", po::value<std::vector<std::string>>()->composing(), "recipe file(s); later ones win")
+      ("set,s", po::value<std::vector<std::string>>()->multitoken()->composing(), "override: key=value ...");
+  return o;
+}
+
+Recipe recipe_from(const po::variables_map& v) {
+  if (!v.count("recipe")) throw Error("give at least one --recipe FILE");
+  std::vector<std::string> sets;
+  if (v.count("set")) sets = v["set"].as<std::vector<std::string>>();
+  return load_recipe(v["recipe"].as<std::vector<std::string>>(), sets);
+}
+
+int train(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  auto o = recipe_options();
+  o.add_options()("resume", po::bool_switch(), "continue a killed run from its latest epoch checkpoint");
+  auto p = parse_args(args, "vlmadapt train --recipe R [--recipe R2] [--set key=value ...] [--resume]", o, "", out);
+  if (p.help) return 0;
+  auto summary = run_recipe(recipe_from(p.vars), p.vars["resume"].as<bool>(), err);
+  out << summary.dir << "\n" << summary.metrics.dump(2) << "\n";
+  return 0;
+}
+
+int eval(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  po::options_description o("eval options");
+  o.add_options()("run", po::value<std::string>()->required(), "run folder")
+      ("split", po::value<std::string>()->default_value("test"), "split to evaluate: test or val");
+  auto p = parse_args(args, "vlmadapt eval --run DIR [--split test]", o, "", out);
+  if (p.help) return 0;
+  out << evaluate_run(p.vars["run"].as<std::string>(), p.vars["split"].as<std::string>(), err).dump(2) << "\n";
+  return 0;
+}
+
+const bool registered = add_command({"methods", "list the adaptation methods and their options", methods}) &&
+                        add_command({"train", "train and evaluate a recipe into its run folder", train}) &&
+                        add_command({"eval", "evaluate a finished run on a split", eval});
+
+}  // namespace
+}  // namespace vlmadapt::cli
