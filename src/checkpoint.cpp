@@ -3,6 +3,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/serialize.h>
 
 #include <cstring>
@@ -44,9 +45,9 @@ bool is_zip(const std::string& path) { return head_bytes(path, 4) == std::string
 bool is_torchscript(const std::string& path) {
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
-    return reader.hasRecord("constants.pkl") || reader.hasRecord("code/__torch__.py") ||
-           std::any_of(reader.getAllRecords().begin(), reader.getAllRecords().end(),
-                       [](const std::string& r) { return starts_with(r, "code/"); });
+    const std::vector<std::string> records = reader.getAllRecords();  // returned by value
+    return reader.hasRecord("constants.pkl") ||
+           std::any_of(records.begin(), records.end(), [](const std::string& r) { return starts_with(r, "code/"); });
   } catch (const c10::Error& e) {
     throw Error(path + ": corrupt or truncated zip archive: " + e.what_without_backtrace());
   }
@@ -168,7 +169,19 @@ Checkpoint read_checkpoint(const std::string& path_in) {
 
 Clip load_clip(const std::string& path, const LoadOptions& options) {
   Checkpoint ck = read_checkpoint(path);
+  // Building the modules draws initial weights that the checkpoint then replaces; keep
+  // those draws off the global stream so that loading a model never shifts a seeded run.
+  auto generator = at::detail::getDefaultCPUGenerator();
+  torch::Tensor rng_state;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    rng_state = generator.get_state();
+  }
   Clip clip(ck.config);
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(rng_state);
+  }
   clip->load_weights(ck.state_dict, path);
   torch::Device device(options.device);
   if (device.is_cuda() && !torch::cuda::is_available())
