@@ -163,14 +163,7 @@ TEST(Clip, RandomNamedArchitectures) {
 
 // ---- bad input -------------------------------------------------------------
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using vlmadapt::testing::error_of;
 
 TEST(ClipErrors, MissingFile) {
   auto msg = error_of([] { load_clip("/nonexistent/model.pt"); });

@@ -31,16 +31,7 @@ DataOptions options(const std::string& name, const std::string& root = "") {
   return o;
 }
 
-// The message of the Error `fn` throws ("" if none).
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using vlmadapt::testing::error_of;
 
 #define EXPECT_ERROR_HAS(stmt, text) \
   EXPECT_NE(error_of([&] { stmt; }).find(text), std::string::npos) << error_of([&] { stmt; })

@@ -64,15 +64,7 @@ std::vector<PixelBatch> epoch_of(const Dataset& d, LoaderOptions o) {
   return drain(loader);
 }
 
-template <class F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using vlmadapt::testing::error_of;
 
 }  // namespace
 

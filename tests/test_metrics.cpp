@@ -32,15 +32,7 @@ at::Tensor one_hot_logits(const std::vector<int64_t>& pred, int64_t classes) {
 // A 2-class row [log(p/(1-p)), 0]: softmax gives class 0 with confidence p.
 std::vector<float> two_class_row(double p) { return {float(std::log(p / (1 - p))), 0.0f}; }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no vlmadapt::Error thrown>";
-}
+using vlmadapt::testing::error_of;
 
 }  // namespace
 

@@ -70,16 +70,7 @@ std::string write(const fs::path& path, const std::string& text) {
   return path.string();
 }
 
-// The message of the vlmadapt::Error that `f` throws ("" if it throws none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using vlmadapt::testing::error_of;
 
 Recipe parse(const std::string& text) { return vlmadapt::parse_recipe_text(text, "test.ini"); }
 

@@ -53,15 +53,7 @@ fs::path make_runs(const std::string& name) {
   return root;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no vlmadapt::Error thrown>";
-}
+using vlmadapt::testing::error_of;
 
 size_t count(const std::string& hay, const std::string& needle) {
   size_t n = 0;

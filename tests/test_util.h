@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+
+#include <vlmadapt/error.h>
 #include <unistd.h>
 
 namespace vlmadapt::testing {
@@ -30,4 +32,17 @@ namespace vlmadapt::testing {
 inline std::string cli_path() { return VLMADAPT_CLI; }
 inline std::string tiny_vit() { return (fixtures() / "clip" / "tiny_vit" / "model_openai.pt").string(); }
 inline std::string tiny_rn() { return (fixtures() / "clip" / "tiny_rn" / "model_openai.pt").string(); }
+}  // namespace vlmadapt::testing
+
+namespace vlmadapt::testing {
+// The message of the vlmadapt::Error that `fn` throws (a marker if it throws none).
+template <class F>
+std::string error_of(F&& fn) {
+  try {
+    fn();
+  } catch (const vlmadapt::Error& e) {
+    return e.what();
+  }
+  return "<no vlmadapt::Error thrown>";
+}
 }  // namespace vlmadapt::testing
