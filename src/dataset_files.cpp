@@ -10,6 +10,7 @@
 
 #include <vlmadapt/error.h>
 #include <vlmadapt/fs.h>
+#include <vlmadapt/image.h>
 
 namespace vlmadapt::detail {
 
@@ -17,13 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_image_file(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  static const char* const kExts[] = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff",
-                                      ".ppm", ".pgm"};
-  return std::find(std::begin(kExts), std::end(kExts), ext) != std::end(kExts);
-}
+bool is_image_file(const fs::path& p) { return is_image_path(p.string()); }
 
 bool hidden(const fs::path& p) { return p.filename().string().rfind('.', 0) == 0; }
 

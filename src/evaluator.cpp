@@ -60,9 +60,8 @@ void eval_adaptive(const EvalSetup& s, const std::vector<Item>& items, MetricAcc
     auto views = s.views(*s.dataset, items[i], i).to(device);
     Batch b;
     b.labels = torch::full({1}, items[i].label, torch::kLong);
-    if (s.method->needs_pixels()) {
-      b.pixels = views;
-    } else {
+    b.pixels = views;  // methods with a second model (RLCF's reward) need them too
+    if (!s.method->needs_pixels()) {
       torch::NoGradGuard no_grad;
       b.image_features = clip->encode_image(views);
     }

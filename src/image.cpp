@@ -5,7 +5,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <climits>
+#include <filesystem>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -472,6 +474,13 @@ at::Tensor normalize(const cv::Mat& rgb, const Normalization& norm) {
 
 at::Tensor preprocess(const std::string& path, int n_px, const Normalization& norm) {
   return normalize(resize_crop(decode_image(path), n_px), norm);
+}
+
+bool is_image_path(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  static const char* const kExts[] = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"};
+  return std::find(std::begin(kExts), std::end(kExts), ext) != std::end(kExts);
 }
 
 }  // namespace vlmadapt

@@ -106,38 +106,81 @@ void PromptLearnerImpl::set_classes(const std::vector<std::string>& classnames) 
   token_suffix_ = embedding.narrow(1, 1 + n_ctx_, keep - 1 - n_ctx_).contiguous();
 }
 
-std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::Tensor& ctx_in) {
+std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::Tensor& ctx) {
+  return prompts(ctx, 0, num_classes());
+}
+
+std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::Tensor& ctx_in, int64_t start, int64_t n) {
   if (!token_prefix_.defined()) throw Error("PromptLearner: set_classes() was not called");
-  const int64_t c = num_classes();
-  auto ctx = ctx_in.dim() == 2 ? ctx_in.unsqueeze(0).expand({c, -1, -1}) : ctx_in;
+  auto ctx = ctx_in.dim() == 2 ? ctx_in.unsqueeze(0).expand({n, -1, -1}) : ctx_in.narrow(0, start, n);
+  auto prefixes = token_prefix_.narrow(0, start, n), suffixes = token_suffix_.narrow(0, start, n);
+  auto eot = eot_.narrow(0, start, n);
   const auto& pos = options_.class_token_position;
-  if (pos == "end") return {torch::cat({token_prefix_, ctx, token_suffix_}, 1), eot_};
+  if (pos == "end") return {torch::cat({prefixes, ctx, suffixes}, 1), eot};
   std::vector<torch::Tensor> rows;
   const int64_t half = n_ctx_ / 2;
-  for (int64_t i = 0; i < c; ++i) {
-    auto prefix = token_prefix_[i].unsqueeze(0);
-    auto suffix = token_suffix_[i].unsqueeze(0);
+  for (int64_t i = 0; i < n; ++i) {
+    auto prefix = prefixes[i].unsqueeze(0);
+    auto suffix = suffixes[i].unsqueeze(0);
     auto ctx_i = ctx[i].unsqueeze(0);
-    const int64_t n = name_lens_[i];
-    auto name = suffix.narrow(1, 0, n);
-    auto rest = suffix.narrow(1, n, suffix.size(1) - n);
+    const int64_t len = name_lens_[start + i];
+    auto name = suffix.narrow(1, 0, len);
+    auto rest = suffix.narrow(1, len, suffix.size(1) - len);
     if (pos == "middle")
       rows.push_back(torch::cat({prefix, ctx_i.narrow(1, 0, half), name, ctx_i.narrow(1, half, n_ctx_ - half), rest}, 1));
     else
       rows.push_back(torch::cat({prefix, name, ctx_i, rest}, 1));
   }
-  return {torch::cat(rows, 0), eot_};
+  return {torch::cat(rows, 0), eot};
 }
 
-torch::Tensor PromptLearnerImpl::text_features(const torch::Tensor& ctx_in) {
-  auto [embeddings, eot] = prompts(ctx_in.defined() ? ctx_in : ctx_);
-  const int64_t c = embeddings.size(0);
-  if (chunk <= 0 || chunk >= c) return clip_->encode_text_embeddings(embeddings, eot);
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < c; s += chunk) {
-    const int64_t n = std::min(chunk, c - s);
-    parts.push_back(clip_->encode_text_embeddings(embeddings.narrow(0, s, n), eot.narrow(0, s, n)));
+torch::Tensor PromptLearnerImpl::encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n) {
+  auto [embeddings, eot] = prompts(ctx, start, n);
+  return clip_->encode_text_embeddings(embeddings, eot);
+}
+
+namespace {
+
+// Text features of all classes, chunk by chunk, keeping no activations: the backward
+// pass encodes each chunk again with gradients and backpropagates its slice of the
+// incoming gradient. Exact (the same operations run twice); memory stays that of one
+// chunk whatever the number of classes.
+struct RecomputedTextFeatures : torch::autograd::Function<RecomputedTextFeatures> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* actx, torch::Tensor ctx, PromptLearnerImpl* learner) {
+    actx->save_for_backward({ctx});
+    actx->saved_data["learner"] = reinterpret_cast<int64_t>(learner);
+    std::vector<torch::Tensor> parts;
+    const int64_t c = learner->num_classes();
+    for (int64_t s = 0; s < c; s += learner->chunk)
+      parts.push_back(learner->encode_classes(ctx, s, std::min(learner->chunk, c - s)));
+    return torch::cat(parts, 0);
   }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* actx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* learner = reinterpret_cast<PromptLearnerImpl*>(actx->saved_data["learner"].toInt());
+    auto ctx = actx->get_saved_variables()[0];
+    auto grad = torch::zeros_like(ctx);
+    const int64_t c = learner->num_classes();
+    for (int64_t s = 0; s < c; s += learner->chunk) {
+      const int64_t n = std::min(learner->chunk, c - s);
+      torch::AutoGradMode enable(true);
+      auto leaf = ctx.detach().requires_grad_(true);
+      auto out = learner->encode_classes(leaf, s, n);
+      grad += torch::autograd::grad({out}, {leaf}, {grad_out[0].narrow(0, s, n)})[0];
+    }
+    return {grad, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor PromptLearnerImpl::text_features(const torch::Tensor& ctx_in) {
+  auto ctx = ctx_in.defined() ? ctx_in : ctx_;
+  const int64_t c = num_classes();
+  if (chunk <= 0 || chunk >= c) return encode_classes(ctx, 0, c);
+  if (torch::GradMode::is_enabled() && ctx.requires_grad()) return RecomputedTextFeatures::apply(ctx, this);
+  std::vector<torch::Tensor> parts;
+  for (int64_t s = 0; s < c; s += chunk) parts.push_back(encode_classes(ctx, s, std::min(chunk, c - s)));
   return torch::cat(parts, 0);
 }
 

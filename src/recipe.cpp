@@ -54,7 +54,11 @@ void EvalOptions::bind(OptionSet& set) {
   set.add("split", split, "split to evaluate", {"train", "val", "test"})
       .add("batch_size", batch_size, "evaluation batch size")
       .add("predictions", predictions, "write per-sample predictions as JSON lines")
-      .add("confusion", confusion, "write the confusion matrix");
+      .add("confusion", confusion, "write the confusion matrix")
+      .add("views", views, "test-time adaptation: views per test image (the test view + augmented ones)")
+      .add("augmix", augmix, "test-time views: AugMix on the crops (auto = off for the ImageNet family)",
+           {"auto", "on", "off"})
+      .add("extra_views", extra_views, "test-time views: folder of extra views named <image>_<i>.<ext>");
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <vlmadapt/evaluator.h>
 #include <vlmadapt/fs.h>
 #include <vlmadapt/trainer.h>
+#include <vlmadapt/tta.h>
 
 namespace vlmadapt {
 namespace fs = std::filesystem;
@@ -93,6 +94,15 @@ EvalSetup eval_setup(RunContext& c, const Dataset& data) {
   s.cache = c.cache.get();
   s.transform_tag = test_transform_tag(c.recipe, c.clip->image_resolution());
   s.out_dir = c.dir.string();
+  if (c.method->adapts_per_sample()) {
+    TtaViewOptions v;
+    v.views = c.recipe.eval.views;
+    v.augmix = c.recipe.eval.augmix;
+    v.extra_views = c.recipe.eval.extra_views;
+    v.n_px = static_cast<int>(c.clip->image_resolution());
+    v.seed = static_cast<uint64_t>(c.recipe.data.seed);
+    s.views = tta_view_maker(v);
+  }
   return s;
 }
 

@@ -31,12 +31,12 @@ std::string image(const std::string& name) { return (vt::fixtures() / "preproces
 TEST(Cli, HelpAndUnknownCommand) {
   auto r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "eval", "report"})
+  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report"})
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
   r = run({"frobnicate"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("frobnicate"), std::string::npos);
-  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "eval", "report"}) {
+  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report"}) {
     r = run({cmd, "--help"});
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("usage: vlmadapt"), std::string::npos) << cmd;

@@ -50,8 +50,8 @@ Batch batch_for(Method& m, int64_t n, uint64_t seed) {
   auto px = torch::randn({n, 3, clip->image_resolution(), clip->image_resolution()});
   Batch b;
   b.labels = torch::arange(n) % static_cast<int64_t>(kClasses.size());
-  if (m.needs_pixels()) b.pixels = px;
-  else {
+  b.pixels = px;  // as the evaluator: pixels always, frozen features unless the method runs the tower
+  if (!m.needs_pixels()) {
     torch::NoGradGuard no_grad;
     b.image_features = clip->encode_image(px);
   }
@@ -94,6 +94,7 @@ TEST_P(MethodContract, FrozenBackboneGetsNoGradientAndDoesNotChange) {
   auto before = shared_clip()->weights();
   for (auto& [k, v] : before) v = v.clone();
   train_step(*m, 3);
+  if (m->adapts_per_sample()) m->adapt_and_predict(batch_for(*m, 8, 4));  // tuning per image leaves no trace
   for (const auto& item : shared_clip()->named_parameters(true)) {
     EXPECT_FALSE(item.value().grad().defined()) << item.key();
     EXPECT_TRUE(torch::equal(item.value(), before.at(item.key()))) << item.key();
@@ -129,7 +130,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, MethodContract, ::testing::ValuesIn(vlmadapt:
 
 TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
-  for (const char* n : {"zeroshot", "linear_probe", "coop"})
+  for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }

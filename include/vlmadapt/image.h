@@ -35,6 +35,8 @@ struct Normalization {
 Image decode_image(const std::string& path);
 // The same from bytes in memory; `name` is used in error messages.
 Image decode_image_bytes(const std::string& bytes, const std::string& name);
+// True when the file name has an image extension (.jpg .jpeg .png .bmp .webp .tif .tiff .ppm .pgm).
+bool is_image_path(const std::string& path);
 // uint8 RGB, as Pillow's convert("RGB").
 cv::Mat to_rgb(const Image& image);
 cv::Mat read_image(const std::string& path);

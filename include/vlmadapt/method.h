@@ -65,7 +65,8 @@ class Method : public torch::nn::Module {
   // The training loss; cross-entropy by default.
   virtual torch::Tensor loss(const Batch& batch);
   // Test-time adaptation of one test image: `views` holds its views (view 0 is the test
-  // view). Returns logits [1,C] of the prediction. Default: no adaptation.
+  // view): always their pixels, and their frozen features unless needs_pixels(). Returns
+  // logits [1,C] of the prediction. Default: no adaptation.
   virtual bool adapts_per_sample() const { return false; }
   virtual torch::Tensor adapt_and_predict(const Batch& views);
 

@@ -46,11 +46,18 @@ class PromptLearnerImpl : public torch::nn::Module {
   torch::Tensor text_features(const torch::Tensor& ctx = {});
   // Prompt embeddings [C,L,D] and end positions [C] for a ctx (for methods that post-process).
   std::pair<torch::Tensor, torch::Tensor> prompts(const torch::Tensor& ctx);
+  // The same for classes [start, start + n).
+  std::pair<torch::Tensor, torch::Tensor> prompts(const torch::Tensor& ctx, int64_t start, int64_t n);
+  // Text features [n,E] of classes [start, start + n) for a ctx.
+  torch::Tensor encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n);
 
   torch::Tensor ctx() const { return ctx_; }
   int64_t n_ctx() const { return n_ctx_; }
   int64_t num_classes() const { return static_cast<int64_t>(name_lens_.size()); }
-  int64_t chunk = 0;  // classes per text-tower pass (0 = all at once); bounds memory for 1000 classes
+  // Classes per text-tower pass (0 = all at once). With gradients, chunks are encoded
+  // again in the backward pass instead of keeping their activations, so memory for
+  // 1000 classes stays that of one chunk (exact: the same operations run twice).
+  int64_t chunk = 0;
 
  private:
   Clip clip_;

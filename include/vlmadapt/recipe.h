@@ -58,6 +58,10 @@ struct EvalOptions {
   int batch_size = 100;
   bool predictions = false;            // per-sample predictions as JSON lines
   bool confusion = true;
+  // Test-time adaptation (methods that adapt per sample): the views of each test image.
+  int views = 64;
+  std::string augmix = "auto";
+  std::string extra_views;
   void bind(OptionSet& set);
 };
 

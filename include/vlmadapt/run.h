@@ -6,6 +6,7 @@
 #pragma once
 #include <iosfwd>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,14 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log);
 
 // Evaluates a finished run again on `split` (test, val), from its folder alone.
 nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log);
+
+// vlmadapt tta --stream: adapts to and classifies each image of `inputs` (files, folders,
+// or "-" for paths read line by line from `in`) with the recipe's method and classes,
+// printing one JSON line per image to `out` as soon as it is done: {"file", "top":
+// [{"class", "label", "score"}, ...up to 5], "seconds"}. An image that cannot be read gets
+// {"file", "error"} and the stream goes on. Returns the number of failed images.
+int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
+                       std::ostream& out, std::ostream& log);
 
 // A checkpoint path for model.checkpoint: "default" is the built-in model (models/).
 std::string resolve_checkpoint(const std::string& name);

@@ -1,4 +1,5 @@
 // vlmadapt methods | train | eval: recipes through the shared loop and evaluator.
+#include <iostream>
 #include <ostream>
 
 #include <vlmadapt/error.h>
@@ -54,6 +55,25 @@ int train(const std::vector<std::string>& args, std::ostream& out, std::ostream&
   return 0;
 }
 
+int tta(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  auto o = recipe_options();
+  o.add_options()("stream", po::value<std::vector<std::string>>()->multitoken()->zero_tokens(),
+                  "image files, folders, or - (paths on stdin): one JSON line per image");
+  auto p = parse_args(args, "vlmadapt tta --recipe R [--set key=value ...] [--stream INPUTS...]", o, "", out);
+  if (p.help) return 0;
+  Recipe recipe = recipe_from(p.vars);
+  if (p.vars.count("stream")) {
+    const int failed = stream_predictions(recipe, p.vars["stream"].as<std::vector<std::string>>(), std::cin, out, err);
+    if (failed) throw Error(std::to_string(failed) + " image(s) could not be classified (see their \"error\" lines)");
+    return 0;
+  }
+  if (!make_method(recipe.method, recipe.method_values)->adapts_per_sample())
+    err << "note: method " << recipe.method << " does not adapt per test image; evaluating it as is\n";
+  auto summary = run_recipe(recipe, false, err);
+  out << summary.dir << "\n" << summary.metrics.dump(2) << "\n";
+  return 0;
+}
+
 int eval(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   po::options_description o("eval options");
   o.add_options()("run", po::value<std::string>()->required(), "run folder")
@@ -66,6 +86,7 @@ int eval(const std::vector<std::string>& args, std::ostream& out, std::ostream& 
 
 const bool registered = add_command({"methods", "list the adaptation methods and their options", methods}) &&
                         add_command({"train", "train and evaluate a recipe into its run folder", train}) &&
+                        add_command({"tta", "test-time adaptation over a dataset split, or --stream over images", tta}) &&
                         add_command({"eval", "evaluate a finished run on a split", eval});
 
 }  // namespace
