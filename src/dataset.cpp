@@ -172,7 +172,9 @@ Dataset sample_few_shot(const Dataset& full, int shots, int val_shots, uint64_t 
     return out;
   }
   // No val split (Fashion-MNIST): val comes from the train items not drawn for training.
-  std::vector<bool> used(full.train.size(), shots == 0);
+  // With shots = 0 the whole train split is kept, so an explicit val_shots draws val from
+  // it (for zero-shot and test-time methods, which never train on it).
+  std::vector<bool> used(full.train.size(), shots == 0 && val_shots <= 0);
   for (size_t p : picked) used[p] = true;
   std::vector<Item> rest;
   for (size_t i = 0; i < full.train.size(); ++i)

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <numeric>
 
+#include <vlmadapt/augment.h>
 #include <vlmadapt/checkpoint.h>
 #include <vlmadapt/dataset.h>
 #include <vlmadapt/error.h>
@@ -29,6 +30,7 @@ void PretrainOptions::bind(OptionSet& s) {
       .add("root", root, "Fashion-MNIST folder; empty = /usr/share/datasets/fashion-mnist")
       .add("max_images", max_images, ">0: train on the first N images only")
       .add("canonical_share", canonical_share, "share of captions that use the canonical class name")
+      .add("crop_scale_min", crop_scale_min, "< 1: train on random resized crops of this much area or more (1 = whole images)")
       .add("epochs", epochs, "passes over the training images")
       .add("batch_size", batch_size, "pairs per contrastive batch")
       .add("lr", lr, "AdamW peak learning rate")
@@ -138,20 +140,42 @@ void initialise(Clip& clip) {
   }
 }
 
-// All training images, preprocessed once as the backbone sees them: [N,3,R,R].
-std::pair<torch::Tensor, std::vector<int64_t>> load_images(const PretrainOptions& o) {
+struct TrainImages {
+  std::vector<cv::Mat> rgb;  // uint8 RGB at the model's resolution
+  torch::Tensor pixels;      // the same, normalised: [N,3,R,R]
+  std::vector<int64_t> labels;
+};
+
+// All training images, resized once to the model's resolution.
+TrainImages load_images(const PretrainOptions& o) {
   DataOptions d;
   d.dataset = "fashion_mnist";
   d.root = o.root;
   Dataset ds = open_dataset(d);
   const size_t n = o.max_images > 0 ? std::min<size_t>(o.max_images, ds.train.size()) : ds.train.size();
+  TrainImages t;
   std::vector<torch::Tensor> px;
-  std::vector<int64_t> labels;
   for (size_t i = 0; i < n; ++i) {
-    px.push_back(normalize(resize_crop(ds.load(ds.train[i].ref), o.image_resolution)));
-    labels.push_back(ds.train[i].label);
+    t.rgb.push_back(resize_crop(ds.load(ds.train[i].ref), o.image_resolution));
+    px.push_back(normalize(t.rgb.back()));
+    t.labels.push_back(ds.train[i].label);
   }
-  return {torch::stack(px), labels};
+  t.pixels = torch::stack(px);
+  return t;
+}
+
+// A batch of images: whole (one flip draw per batch), or cropped and flipped per image.
+torch::Tensor batch_pixels(const TrainImages& t, const std::vector<int64_t>& idx, const PretrainOptions& o,
+                           std::mt19937_64& rng) {
+  if (o.crop_scale_min >= 1) {
+    auto px = t.pixels.index_select(0, torch::tensor(idx));
+    return seeded::uniform(rng) < 0.5 ? px.flip(-1) : px;  // flips keep every class's meaning
+  }
+  std::vector<torch::Tensor> views;
+  for (auto i : idx)
+    views.push_back(normalize(horizontal_flip(
+        random_resized_crop(t.rgb[i], o.image_resolution, rng, {o.crop_scale_min, 1.0}), rng)));
+  return torch::stack(views);
 }
 
 }  // namespace
@@ -168,8 +192,9 @@ double pretrain(const PretrainOptions& o, std::ostream& log) {
   torch::optim::AdamW opt({torch::optim::OptimizerParamGroup(decay), torch::optim::OptimizerParamGroup(no_decay)},
                           torch::optim::AdamWOptions(o.lr).betas({0.9, 0.98}).eps(1e-6).weight_decay(o.weight_decay));
   static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[1].options()).weight_decay(0);
-  auto [images, labels] = load_images(o);
-  const int64_t n = images.size(0), steps_per_epoch = n / o.batch_size, total = steps_per_epoch * o.epochs;
+  const TrainImages images = load_images(o);
+  const auto& labels = images.labels;
+  const int64_t n = images.pixels.size(0), steps_per_epoch = n / o.batch_size, total = steps_per_epoch * o.epochs;
   log << "pretraining " << clip->config().describe() << " on " << n << " images, " << total << " steps\n";
   Tokenizer tok;
   std::mt19937_64 rng(seeded::mix(o.seed, 7));
@@ -188,9 +213,7 @@ double pretrain(const PretrainOptions& o, std::ostream& log) {
       std::vector<int64_t> idx(order.begin() + b * o.batch_size, order.begin() + (b + 1) * o.batch_size);
       std::vector<std::string> captions;
       for (auto i : idx) captions.push_back(fashion_caption(static_cast<int>(labels[i]), o.canonical_share, rng));
-      auto px = images.index_select(0, torch::tensor(idx));
-      if (seeded::uniform(rng) < 0.5) px = px.flip(-1);  // flips keep every class's meaning
-      auto img = clip->encode_image(px);
+      auto img = clip->encode_image(batch_pixels(images, idx, o, rng));
       auto txt = clip->encode_text(tok.tokenize(captions, clip->config().context_length, true));
       auto logits = clip->logits(img, txt);
       auto target = torch::arange(static_cast<int64_t>(idx.size()));

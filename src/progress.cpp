@@ -13,9 +13,10 @@ bool& Progress::quiet() {
   return q;
 }
 
-Progress::Progress(std::string label, int64_t total_steps, std::ostream& out)
+Progress::Progress(std::string label, int64_t total_steps, std::ostream& out, Mode mode)
     : label_(std::move(label)), total_(total_steps), out_(out),
-      tty_(&out == &std::cerr && ::isatty(STDERR_FILENO)), start_(std::chrono::steady_clock::now()) {}
+      tty_(mode == Mode::Terminal || (mode == Mode::Auto && &out == &std::cerr && ::isatty(STDERR_FILENO))),
+      start_(std::chrono::steady_clock::now()) {}
 
 void Progress::update(int64_t step, double loss, double lr, int64_t images) {
   if (quiet()) return;

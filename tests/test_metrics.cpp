@@ -3,6 +3,7 @@
 #include "vlmadapt/error.h"
 #include "vlmadapt/fs.h"
 #include "vlmadapt/metrics.h"
+#include "vlmadapt/progress.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -203,4 +204,43 @@ TEST(Metrics, JsonAndHarmonicMean) {
   EXPECT_EQ(j["ece"], 1.5);
   for (const char* key : {"top5", "mean_per_class", "macro_f1"}) EXPECT_TRUE(j.contains(key)) << key;
   EXPECT_FALSE(j.contains("confusion"));
+}
+
+namespace {
+
+std::vector<std::string> lines_of(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::string line;
+  std::istringstream in(text);
+  while (std::getline(in, line, sep))
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+}  // namespace
+
+TEST(Progress, LogModeWritesAboutTenPlainLinesWithEveryField) {
+  std::ostringstream out;
+  vlmadapt::Progress p("train epoch 1/2", 100, out, vlmadapt::Progress::Mode::Log);
+  for (int64_t step = 1; step <= 100; ++step) p.update(step, 0.5, 2e-3, 32);
+  p.finish();
+  const auto lines = lines_of(out.str(), '\n');
+  EXPECT_GE(lines.size(), 10u);
+  EXPECT_LE(lines.size(), 11u);
+  EXPECT_EQ(out.str().find('\r'), std::string::npos);
+  EXPECT_EQ(lines.back().rfind("train epoch 1/2 100/100 loss 0.5000 lr 0.002 ", 0), 0u) << lines.back();
+  for (const char* field : {"img/s", "eta"}) EXPECT_NE(lines.back().find(field), std::string::npos) << field;
+}
+
+TEST(Progress, TerminalModeRewritesOneLineAndLeavesOutMissingNumbers) {
+  std::ostringstream out;
+  vlmadapt::Progress p("adapt", 3, out, vlmadapt::Progress::Mode::Terminal);
+  for (int64_t step = 1; step <= 3; ++step) p.update(step, std::nan(""), std::nan(""), 1);
+  p.finish();
+  const auto lines = lines_of(out.str(), '\r');
+  ASSERT_EQ(lines.size(), 3u);  // one rewrite per step
+  EXPECT_EQ(lines[2].rfind("adapt 3/3 ", 0), 0u);
+  EXPECT_EQ(lines[2].find("loss"), std::string::npos);
+  EXPECT_NE(lines[2].find("\x1b[K"), std::string::npos);  // clears the rest of the old line
+  EXPECT_EQ(out.str().back(), '\n');
 }

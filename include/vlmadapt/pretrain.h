@@ -25,6 +25,7 @@ struct PretrainOptions {
   std::string root;                // Fashion-MNIST folder ("" = the Debian package's)
   int max_images = 0;              // >0: the first N training images only (tests)
   double canonical_share = 0.25;   // how often a caption uses the canonical class name
+  double crop_scale_min = 1.0;     // < 1: random resized crops with area in [min, 1] and flips per image
   // optimisation
   int epochs = 4;
   int batch_size = 256;

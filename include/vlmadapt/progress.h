@@ -9,7 +9,8 @@ namespace vlmadapt {
 
 class Progress {
  public:
-  Progress(std::string label, int64_t total_steps, std::ostream& out);
+  enum class Mode { Auto, Terminal, Log };  // Auto: Terminal when `out` is std::cerr on a tty
+  Progress(std::string label, int64_t total_steps, std::ostream& out, Mode mode = Mode::Auto);
   // Reports step `step` (1-based) with the given numbers (NaN ones are left out).
   void update(int64_t step, double loss, double lr, int64_t images);
   void finish();
