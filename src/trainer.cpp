@@ -1,5 +1,7 @@
 #include <vlmadapt/trainer.h>
 
+#include <ATen/autocast_mode.h>
+
 #include <csignal>
 #include <cmath>
 #include <cstdlib>
@@ -84,8 +86,33 @@ LoaderOptions Trainer::loader_options(int64_t epoch) const {
   return o;
 }
 
+namespace {
+
+// train.autocast: the forward pass in mixed precision on CUDA (CoOp and TPT train under
+// autocast on GPU); on CPU it changes nothing. The loss and the update stay fp32.
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool on) : on_(on) {
+    if (on_) at::autocast::set_enabled(true);
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+    at::autocast::set_enabled(false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+};
+
+}  // namespace
+
 double Trainer::step(const Batch& batch, torch::optim::Optimizer& optimizer) {
-  auto loss = s_.method->loss(batch);
+  torch::Tensor loss;
+  {
+    AutocastScope autocast(s_.recipe.train.autocast && s_.clip->logit_scale().is_cuda());
+    loss = s_.method->loss(batch).to(torch::kFloat);
+  }
   if (!std::isfinite(loss.item<double>()))
     throw Error("training diverged: loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
   optimizer.zero_grad();
@@ -112,7 +139,8 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
       batch.image_features = s_.clip->encode_image(pb.pixels.to(device));
     }
     total += step(batch, optimizer);
-    progress.update(++steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
+    ++steps;  // not inside the call below: argument evaluation order is unspecified
+    progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
   }
   progress.finish();
   return steps ? total / steps : 0;
