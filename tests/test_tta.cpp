@@ -286,3 +286,26 @@ TEST(TtaCli, StreamPrintsOneJsonLinePerImageAndReportsBadFiles) {
 
 }  // namespace
 }  // namespace vlmadapt
+
+namespace vlmadapt {
+namespace {
+
+// Many classes: the prompts in chunks, gradients recomputed chunk by chunk, give the
+// same adapted prediction as one pass over all classes.
+TEST(Tpt, ChunkedClassPromptsGiveTheSamePrediction) {
+  auto names = builtin_prompts("ImageNet").classnames;
+  names.resize(200);
+  TaskContext t = task();
+  t.classnames = names;
+  Batch b = views_of("chelsea.png", true);
+  auto whole = make_method("tpt", {{"tpt.text_chunk", "0"}}), chunked = make_method("tpt", {{"tpt.text_chunk", "64"}});
+  whole->setup(t);
+  chunked->setup(t);
+  auto a = whole->adapt_and_predict(b), c = chunked->adapt_and_predict(b);
+  ASSERT_EQ(a.sizes(), (std::vector<int64_t>{1, 200}));
+  EXPECT_TRUE(torch::allclose(a, c, 1e-4, 1e-4)) << (a - c).abs().max().item<double>();
+  EXPECT_EQ(a.argmax().item<int64_t>(), c.argmax().item<int64_t>());
+}
+
+}  // namespace
+}  // namespace vlmadapt
