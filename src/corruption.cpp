@@ -114,12 +114,6 @@ const std::vector<std::pair<std::string, Corrupter>>& table() {
   return t;
 }
 
-uint64_t hash_text(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 }  // namespace
 
 const std::vector<std::string>& corruption_names() {
@@ -158,7 +152,7 @@ Dataset with_corruption(Dataset dataset, const std::string& name, int severity, 
   auto load = dataset.load;
   dataset.load = [load, name, severity, seed](const std::string& ref) {
     Image img = load(ref);
-    return Image{corrupt(img.pixels, name, severity, seeded::mix(hash_text(ref), seed, severity)), PixelMode::RGB};
+    return Image{corrupt(img.pixels, name, severity, seeded::mix(seeded::hash_text(ref), seed, severity)), PixelMode::RGB};
   };
   dataset.name += "+" + name + std::to_string(severity);
   return dataset;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace vlmadapt::seeded {
@@ -13,6 +14,13 @@ inline uint64_t mix(uint64_t a, uint64_t b = 0, uint64_t c = 0) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+// FNV-1a of a text (a path, an item reference): a seed that is the same on every platform.
+inline uint64_t hash_text(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
 }
 
 // Unbiased integer in [0, n) (rejection sampling).

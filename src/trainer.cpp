@@ -32,8 +32,6 @@ double learning_rate(const TrainOptions& o, int64_t epoch, int64_t epochs) {
   return o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch - warm) / static_cast<double>(epochs)));
 }
 
-namespace {
-
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, std::vector<torch::Tensor> params) {
   if (o.optimizer == "sgd")
     return std::make_unique<torch::optim::SGD>(
@@ -46,6 +44,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, s
         params, torch::optim::AdamWOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
   throw Error("train.optimizer: expected sgd, adam or adamw, got '" + o.optimizer + "'");
 }
+
+namespace {
 
 void set_lr(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
@@ -107,7 +107,7 @@ class AutocastScope {
 
 }  // namespace
 
-double Trainer::step(const Batch& batch, torch::optim::Optimizer& optimizer) {
+double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimizer) {
   torch::Tensor loss;
   {
     AutocastScope autocast(s_.recipe.train.autocast && s_.clip->logit_scale().is_cuda());
@@ -138,7 +138,7 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
       torch::NoGradGuard no_grad;  // the image tower is frozen: no graph through it
       batch.image_features = s_.clip->encode_image(pb.pixels.to(device));
     }
-    total += step(batch, optimizer);
+    total += train_step(batch, optimizer);
     ++steps;  // not inside the call below: argument evaluation order is unspecified
     progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
   }
@@ -165,7 +165,7 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
     auto index = torch::tensor(rows, torch::kLong);
     Batch batch{{}, view_features_.features.index_select(0, index).to(device),
                 view_features_.labels.index_select(0, index).to(device)};
-    total += step(batch, optimizer);
+    total += train_step(batch, optimizer);
     ++steps;
   }
   return steps ? total / steps : 0;

@@ -12,6 +12,8 @@
 #include <vlmadapt/run.h>
 #include <vlmadapt/tta.h>
 
+#include "seeded.h"
+
 namespace vlmadapt {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -38,13 +40,6 @@ json prediction(const std::string& file, const torch::Tensor& logits, const std:
     top.push_back({{"class", classnames[label]}, {"label", label}, {"score", scores[i].item<double>()}});
   }
   return {{"file", file}, {"top", top}, {"seconds", seconds}};
-}
-
-// FNV-1a of the path: the same seed on every platform.
-uint64_t path_seed(const std::string& path) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : path) h = (h ^ c) * 1099511628211ull;
-  return h;
 }
 
 }  // namespace
@@ -84,7 +79,7 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
       const auto& extras = extra ? extra->of(fs::path(file).filename().string()) : std::vector<std::string>{};
       Batch b;
       // Views are seeded by the path, so an image gets the same views wherever it comes.
-      b.pixels = tta_views(decode_image(file), extras, v, augmix, path_seed(file)).to(device);
+      b.pixels = tta_views(decode_image(file), extras, v, augmix, seeded::hash_text(file)).to(device);
       if (!method->needs_pixels()) {
         torch::NoGradGuard no_grad;
         b.image_features = clip->encode_image(b.pixels);

@@ -1,9 +1,12 @@
 // The CLI in-process: every command's happy path and its error cases.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include <vlmadapt/safetensors.h>
 
@@ -31,12 +34,12 @@ std::string image(const std::string& name) { return (vt::fixtures() / "preproces
 TEST(Cli, HelpAndUnknownCommand) {
   auto r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report"})
+  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report", "bench"})
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
   r = run({"frobnicate"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("frobnicate"), std::string::npos);
-  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report"}) {
+  for (const char* cmd : {"info", "classify", "embed", "methods", "train", "tta", "eval", "report", "bench"}) {
     r = run({cmd, "--help"});
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("usage: vlmadapt"), std::string::npos) << cmd;
@@ -117,6 +120,30 @@ TEST(Cli, MethodsListsOptions) {
   r = run({"methods", "nosuch"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+}
+
+// The bench prints perf_py.py's fields for each task (timings are not checked: unit tests
+// are never timed), and refuses bad tasks and architectures.
+TEST(Cli, BenchPrintsOneJsonLinePerTask) {
+  const std::vector<std::pair<std::string, std::string>> tasks = {
+      {"encode", "images_per_s"}, {"coop", "seconds_per_step"}, {"tpt", "seconds_per_image"}};
+  for (const auto& [task, field] : tasks) {
+    auto r = run({"bench", task, "--arch", "ViT-B/32", "--n-cls", "3", "--batch", "2", "--reps", "1"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_GT(j.at(field).get<double>(), 0) << task;
+    EXPECT_GT(j.at("peak_rss_mb").get<double>(), 0);
+    EXPECT_EQ(j.at("arch"), "ViT-B/32");
+    EXPECT_EQ(j.at("n_cls"), 3);
+    if (task == "encode") EXPECT_GT(j.at("matmul_gflops").get<double>(), 0);
+    if (task == "coop") EXPECT_TRUE(std::isfinite(j.at("loss").get<double>()));
+  }
+  auto r = run({"bench", "train"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown task 'train'"), std::string::npos) << r.err;
+  r = run({"bench", "encode", "--arch", "ViT-Q/99"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("ViT-Q/99"), std::string::npos) << r.err;
 }
 
 }  // namespace

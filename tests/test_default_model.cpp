@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <vlmadapt/checkpoint.h>
 #include <vlmadapt/dataset.h>
 #include <vlmadapt/features.h>
+#include <vlmadapt/pretrain.h>
 #include <vlmadapt/prompts.h>
 #include <vlmadapt/run.h>
 
@@ -56,6 +59,43 @@ TEST(DefaultModel, ZeroShotAccuracyIsInItsBand) {
     auto part = logits.narrow(0, half * 1000, 1000).argmax(-1).eq(fs.labels.narrow(0, half * 1000, 1000));
     EXPECT_GT(part.to(torch::kDouble).mean().item<double>(), 0.3);
   }
+}
+
+// The pretraining path end to end at toy size: it writes a checkpoint load_clip reads.
+TEST(Pretrain, SmallRunWritesALoadableModel) {
+  const auto dir = testing::temp_dir("pretrain");
+  PretrainOptions o;
+  o.max_images = 512;
+  o.epochs = 1;
+  o.batch_size = 128;
+  o.vision_width = 64;
+  o.vision_layers = 1;
+  o.text_layers = 1;
+  o.embed_dim = 32;
+  o.warmup_steps = 2;
+  o.crop_scale_min = 0.5;
+  o.output = (dir / "tiny.safetensors").string();
+  std::ostringstream log;
+  const double loss = pretrain(o, log);
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_LT(loss, 2 * std::log(128.0));
+  Clip clip = load_clip(o.output);
+  EXPECT_EQ(clip->image_resolution(), 28);
+  EXPECT_EQ(clip->embed_dim(), 32);
+  EXPECT_NE(log.str().find("on 512 images, 4 steps"), std::string::npos) << log.str();
+}
+
+TEST(Pretrain, RecipeErrorsNameTheKey) {
+  const auto dir = testing::temp_dir("pretrain_recipe");
+  std::ofstream(dir / "bad.ini") << "[pretrain]\nepochz = 3\n";
+  const auto message = testing::error_of([&] { load_pretrain_recipe((dir / "bad.ini").string()); });
+  EXPECT_NE(message.find("unknown key 'pretrain.epochz'"), std::string::npos) << message;
+  EXPECT_NE(message.find("pretrain.epochs"), std::string::npos) << message;
+  EXPECT_NE(testing::error_of([] { load_pretrain_recipe("/nonexistent/p.ini"); }).find("/nonexistent/p.ini"), std::string::npos);
+  PretrainOptions ok = load_pretrain_recipe((testing::source_dir() / "recipes/pretrain/fashion_mnist.ini").string(),
+                                            {"pretrain.epochs=2"});
+  EXPECT_EQ(ok.epochs, 2);
+  EXPECT_EQ(ok.crop_scale_min, 0.08);
 }
 
 }  // namespace

@@ -309,3 +309,34 @@ TEST(Tpt, ChunkedClassPromptsGiveTheSamePrediction) {
 
 }  // namespace
 }  // namespace vlmadapt
+
+namespace vlmadapt {
+namespace {
+
+// TPT from a trained CoOp context: the run's ctx is where tuning starts, and where every
+// image's reset returns to.
+TEST(Tpt, StartsFromACoopRun) {
+  auto run = vt::temp_dir("coop_run");
+  torch::manual_seed(5);
+  auto ctx = torch::randn({4, tiny()->text_width()}) * 0.02;
+  write_safetensors((run / "method.safetensors").string(), {{"prompt_learner.ctx", ctx}});
+  auto tpt = method("tpt", {{"tpt.init_run", run.string()}, {"tpt.steps", "0"}});
+  PromptLearnerOptions po;
+  po.n_ctx = 4;
+  po.ctx_init.clear();
+  PromptLearner learner(tiny(), Tokenizer(), po, 1);
+  learner->set_classes(kClasses);
+  torch::NoGradGuard no_grad;
+  auto text = learner->text_features(ctx);
+  Batch b = views_of("fmnist736.png", true);
+  auto expected = cosine_logits(tiny(), b.image_features.narrow(0, 0, 1), text / text.norm(2, -1, true));
+  EXPECT_TRUE(torch::allclose(tpt->adapt_and_predict(b), expected, 1e-5, 1e-5));
+
+  write_safetensors((run / "method.safetensors").string(), {{"prompt_learner.ctx", torch::zeros({10, 4, tiny()->text_width()})}});
+  EXPECT_NE(error_of([&] { method("tpt", {{"tpt.init_run", run.string()}}); }).find("class-specific"), std::string::npos);
+  EXPECT_NE(error_of([] { method("tpt", {{"tpt.init_run", "/nonexistent/run"}}); }).find("/nonexistent/run/method.safetensors"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace vlmadapt

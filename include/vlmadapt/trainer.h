@@ -3,6 +3,7 @@
 // gradients, a checkpoint after every epoch, and exact resume.
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 
 #include <vlmadapt/dataset.h>
@@ -15,6 +16,9 @@ namespace vlmadapt {
 // Learning rate of epoch `epoch` (0-based) of `epochs`: warmup epochs at warmup_lr (constant)
 // or ramping to lr (linear), then cosine from lr (CoOp: lr * (1 + cos(pi (e - w) / E)) / 2).
 double learning_rate(const TrainOptions& options, int64_t epoch, int64_t epochs);
+
+// The optimizer of train.optimizer (sgd, adam, adamw) over `params`.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& options, std::vector<torch::Tensor> params);
 
 struct TrainerSetup {
   Method* method = nullptr;
@@ -32,13 +36,15 @@ class Trainer {
   // Returns the mean loss of the last epoch.
   double train(bool resume);
   int64_t epochs() const { return epochs_; }
+  // One optimisation step on a batch (the method's loss, backward, clipping, update);
+  // returns the loss. Throws vlmadapt::Error when the loss is not finite.
+  double train_step(const Batch& batch, torch::optim::Optimizer& optimizer);
   // Called after each epoch's checkpoint (epoch is 0-based).
   std::function<void(int64_t epoch, double mean_loss)> on_epoch_end;
 
  private:
   double run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
   double run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
-  double step(const Batch& batch, torch::optim::Optimizer& optimizer);
   void save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss);
   int64_t load_checkpoint(torch::optim::Optimizer& optimizer);
   LoaderOptions loader_options(int64_t epoch) const;

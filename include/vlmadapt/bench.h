@@ -1,0 +1,34 @@
+// vlmadapt bench: the side-by-side yardstick against the Python toolkits
+// (../shared/bench/perf_py.py), on random weights of a named architecture. The coop and
+// tpt tasks run the real method plugins and the trainer's step, not a copy.
+//   encode  image-tower throughput (images/s), with the FLOP rate it reaches and that of
+//           a large single-precision matrix product on this machine
+//   coop    seconds per CoOp training step: the image tower on a batch without
+//           gradients, the text tower over all class prompts (16 context vectors)
+//           forward and backward, then SGD
+//   tpt     seconds per test image: 64 views, 4 context vectors, 1 step, the prediction
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace vlmadapt {
+
+struct BenchOptions {
+  std::string task = "encode";  // encode | coop | tpt
+  std::string arch = "ViT-B/16";
+  int64_t n_cls = 100;
+  int64_t batch = 32;
+  int threads = 2;
+  int reps = 3;
+};
+
+// Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,
+// seconds_per_step or seconds_per_image; task, arch, n_cls, batch, threads) plus
+// peak_rss_mb and, for encode, gflops and matmul_gflops.
+nlohmann::json run_bench(const BenchOptions& options);
+
+// Peak resident memory of this process so far, in MB (VmHWM).
+double peak_rss_mb();
+
+}  // namespace vlmadapt
