@@ -4,30 +4,16 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <opencv2/core.hpp>
 #include <string>
 
 #include "vlmadapt/error.h"
+#include "seeded.h"
 
 namespace vlmadapt {
 namespace {
 
-// Uniform in [0, 1) from the top 53 bits: the same on every standard library.
-double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
-
-double uniform(std::mt19937_64& rng, double lo, double hi) {
-  return lo + (hi - lo) * uniform01(rng);
-}
-
-// Uniform integer in [0, n) by rejection, so no value is favoured.
-int64_t below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit =
-      std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
-  uint64_t v = rng();
-  while (v >= limit) v = rng();
-  return int64_t(v % n);
-}
+double uniform(std::mt19937_64& rng, double lo, double hi) { return lo + (hi - lo) * seeded::uniform(rng); }
 
 // Python's round(): halves go to the even neighbour.
 int round_half_even(double x) {
@@ -63,8 +49,8 @@ cv::Rect random_resized_crop_params(int width, int height, std::mt19937_64& rng,
     const int w = round_half_even(std::sqrt(target_area * aspect));
     const int h = round_half_even(std::sqrt(target_area / aspect));
     if (0 < w && w <= width && 0 < h && h <= height) {
-      const int top = int(below(rng, uint64_t(height - h + 1)));
-      const int left = int(below(rng, uint64_t(width - w + 1)));
+      const int top = int(seeded::below(rng, uint64_t(height - h + 1)));
+      const int left = int(seeded::below(rng, uint64_t(width - w + 1)));
       return {left, top, w, h};
     }
   }
@@ -100,7 +86,7 @@ cv::Mat random_resized_crop(const cv::Mat& pixels, int size, std::mt19937_64& rn
 }
 
 cv::Mat horizontal_flip(const cv::Mat& image, std::mt19937_64& rng, double p) {
-  if (uniform01(rng) < p) {
+  if (seeded::uniform(rng) < p) {
     cv::Mat out;
     cv::flip(image, out, 1);
     return out;

@@ -71,16 +71,6 @@ const CoopInfo& find_info(const std::string& name) {
   throw Error("data.dataset: '" + name + "' is not a CoOp dataset");
 }
 
-bool is_dir(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_directory(p, ec);
-}
-
-bool is_file(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_regular_file(p, ec);
-}
-
 // A class name as the prompt sees it: the dataset's renames, then '_' -> ' '.
 std::string prompt_name(const CoopInfo& info, std::string raw) {
   const auto& renames = std::string(info.name) == "eurosat" ? kEuroSatNames : kCaltechNames;

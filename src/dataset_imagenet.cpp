@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include <vlmadapt/error.h>
+#include <vlmadapt/fs.h>
 
 namespace vlmadapt::detail {
 
@@ -32,16 +33,6 @@ std::vector<Item> scan_class_folders(const std::filesystem::path& dir, const std
 namespace fs = std::filesystem;
 
 namespace {
-
-bool is_dir(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_directory(p, ec);
-}
-
-bool is_file(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_regular_file(p, ec);
-}
 
 // The 1000-class table: wnids in label order and their names.
 struct ClassTable {

@@ -49,4 +49,14 @@ void write_file_atomic(const std::string& path, const std::string& data) {
   }
 }
 
+bool is_dir(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec);
+}
+
+bool is_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec);
+}
+
 }  // namespace vlmadapt

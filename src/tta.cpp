@@ -8,6 +8,7 @@
 #include <vlmadapt/augment.h>
 #include <vlmadapt/augmix.h>
 #include <vlmadapt/error.h>
+#include <vlmadapt/fs.h>
 #include <vlmadapt/image.h>
 
 #include "seeded.h"
@@ -16,6 +17,12 @@ namespace vlmadapt {
 namespace fs = std::filesystem;
 
 bool imagenet_family(const std::string& dataset) { return dataset.rfind("imagenet", 0) == 0; }
+
+bool uses_augmix(const std::string& setting, const std::string& dataset) {
+  if (setting != "auto" && setting != "on" && setting != "off")
+    throw Error("eval.augmix: expected auto, on or off, got '" + setting + "'");
+  return setting == "on" || (setting == "auto" && !imagenet_family(dataset));
+}
 
 namespace {
 
@@ -44,8 +51,7 @@ torch::Tensor tta_views(const Image& image, const std::vector<std::string>& extr
 }
 
 ExtraViews::ExtraViews(const std::string& folder) {
-  std::error_code ec;
-  if (!fs::is_directory(folder, ec)) throw Error("eval.extra_views: " + folder + " is not a folder");
+  if (!is_dir(folder)) throw Error("eval.extra_views: " + folder + " is not a folder");
   std::map<std::string, std::vector<std::pair<long, std::string>>> found;
   for (const auto& entry : fs::recursive_directory_iterator(folder)) {
     if (!entry.is_regular_file()) continue;
@@ -74,13 +80,11 @@ const std::vector<std::string>& ExtraViews::of(const std::string& ref) const {
 }
 
 std::function<torch::Tensor(const Dataset&, const Item&, int64_t)> tta_view_maker(const TtaViewOptions& o) {
-  if (o.augmix != "auto" && o.augmix != "on" && o.augmix != "off")
-    throw Error("eval.augmix: expected auto, on or off, got '" + o.augmix + "'");
+  uses_augmix(o.augmix, "");  // validates the setting early
   std::shared_ptr<ExtraViews> extra = o.extra_views.empty() ? nullptr : std::make_shared<ExtraViews>(o.extra_views);
   return [o, extra](const Dataset& data, const Item& item, int64_t index) {
-    const bool use_augmix = o.augmix == "on" || (o.augmix == "auto" && !imagenet_family(data.name));
     static const std::vector<std::string> none;
-    return tta_views(data.load(item.ref), extra ? extra->of(item.ref) : none, o, use_augmix,
+    return tta_views(data.load(item.ref), extra ? extra->of(item.ref) : none, o, uses_augmix(o.augmix, data.name),
                      static_cast<uint64_t>(index));
   };
 }

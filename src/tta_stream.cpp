@@ -66,7 +66,7 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
   v.augmix = recipe.eval.augmix;
   v.n_px = static_cast<int>(clip->image_resolution());
   v.seed = static_cast<uint64_t>(recipe.data.seed);
-  const bool augmix = v.augmix == "on" || (v.augmix == "auto" && !imagenet_family(recipe.data.dataset));
+  const bool augmix = uses_augmix(v.augmix, recipe.data.dataset);
   std::unique_ptr<ExtraViews> extra = recipe.eval.extra_views.empty() ? nullptr : std::make_unique<ExtraViews>(recipe.eval.extra_views);
   log << "streaming " << recipe.method << " over " << task.classnames.size() << " classes, " << v.views
       << " views per image\n";

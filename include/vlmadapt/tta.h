@@ -22,6 +22,9 @@ struct TtaViewOptions {
 
 // True for ImageNet and its variants, whose TPT views are crops and flips only.
 bool imagenet_family(const std::string& dataset);
+// Whether the views of `dataset` get AugMix under eval.augmix (auto | on | off); throws
+// vlmadapt::Error naming the key for another value.
+bool uses_augmix(const std::string& setting, const std::string& dataset);
 
 // The views of one test image, [V,3,n_px,n_px] normalised: view 0 is CLIP's test view;
 // then views - 1 random resized crops (bilinear) with flips, AugMix'ed when asked; then,
