@@ -1,5 +1,6 @@
 #include "clip_layers.h"
 
+#include <atomic>
 #include <cmath>
 
 namespace vlmadapt::detail {
@@ -55,17 +56,60 @@ torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const 
   return y + mlp_->forward(layer_norm(ln_2_, y));
 }
 
+FusedBlock ResidualAttentionBlockImpl::fused_weights() const {
+  auto f = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
+  return {f(ln_1_->weight), f(ln_1_->bias), f(attn_->in_proj_weight_), f(attn_->in_proj_bias_),
+          f(attn_->out_proj_->weight), f(attn_->out_proj_->bias), f(ln_2_->weight), f(ln_2_->bias),
+          f(mlp_->c_fc_->weight), f(mlp_->c_fc_->bias), f(mlp_->c_proj_->weight), f(mlp_->c_proj_->bias)};
+}
+
 Transformer::Transformer(int64_t width, int64_t layers, int64_t heads, const ClipConfig& config) {
   auto list = register_module("resblocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < layers; ++i) {
     blocks_.emplace_back(width, heads, config);
     list->push_back(blocks_.back());
   }
+  fused_.width = width;
+  fused_.heads = heads;
+  fused_.eps = static_cast<float>(config.layer_norm_eps);
+  fused_.quick_gelu = config.activation == Activation::QuickGELU;
 }
 
-torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask) {
+namespace {
+std::atomic<bool> fused_enabled{true};
+}  // namespace
+
+bool Transformer::can_fuse(const torch::Tensor& x, const torch::Tensor& mask) {
+  if (!fused_enabled || !fused_available() || blocks_.empty() || !x.device().is_cpu() ||
+      x.scalar_type() != torch::kFloat || x.dim() != 3 || x.size(2) != fused_.width)
+    return false;
+  if (mask.defined() && (mask.scalar_type() != torch::kFloat || !mask.device().is_cpu() || mask.dim() != 2))
+    return false;
+  const bool grad = torch::GradMode::is_enabled();
+  if (grad && x.requires_grad()) return false;
+  for (const auto& p : parameters())
+    if ((grad && p.requires_grad()) || p.scalar_type() != torch::kFloat || !p.device().is_cpu() || !p.is_contiguous())
+      return false;
+  return true;
+}
+
+torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, bool first_token_only) {
+  if (can_fuse(x, mask)) {
+    auto out = x.contiguous().clone();  // updated in place; the caller's tensor is left alone
+    auto m = mask.defined() ? mask.contiguous() : mask;
+    fused_.blocks.clear();
+    for (const auto& block : blocks_) fused_.blocks.push_back(block->fused_weights());
+    fused_forward(fused_, out.data_ptr<float>(), out.size(0), out.size(1), m.defined() ? m.data_ptr<float>() : nullptr,
+                  first_token_only);
+    return out;
+  }
   for (auto& block : blocks_) x = block->forward(x, mask);
   return x;
 }
 
 }  // namespace vlmadapt::detail
+
+namespace vlmadapt {
+void set_fused_inference(bool enabled) { detail::fused_enabled = enabled; }
+bool fused_inference() { return detail::fused_enabled; }
+}  // namespace vlmadapt

@@ -5,6 +5,8 @@
 
 #include <vlmadapt/clip.h>
 
+#include "fused_tower.h"
+
 namespace vlmadapt::detail {
 
 // Pre-LN layer norm that computes in fp32 and casts back, as the reference does for fp16.
@@ -18,6 +20,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
 
  private:
+  friend class ResidualAttentionBlockImpl;
   int64_t heads_;
   torch::Tensor in_proj_weight_, in_proj_bias_;
   torch::nn::Linear out_proj_{nullptr};
@@ -30,6 +33,7 @@ class MlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
+  friend class ResidualAttentionBlockImpl;
   Activation activation_;
   torch::nn::Linear c_fc_{nullptr}, c_proj_{nullptr};
 };
@@ -39,6 +43,8 @@ class ResidualAttentionBlockImpl : public torch::nn::Module {
  public:
   ResidualAttentionBlockImpl(int64_t width, int64_t heads, const ClipConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // Pointers to the fp32 weights for fused_forward (valid while the module lives).
+  FusedBlock fused_weights() const;
 
  private:
   Attention attn_{nullptr};
@@ -51,11 +57,18 @@ TORCH_MODULE(ResidualAttentionBlock);
 class Transformer : public torch::nn::Module {
  public:
   Transformer(int64_t width, int64_t layers, int64_t heads, const ClipConfig& config);
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {});
+  // Without autograd (no grad mode, or nothing requiring gradients) and in fp32 on the
+  // CPU, the pass runs fused (fused_tower.h). first_token_only: the caller reads only
+  // token 0 of the output, so the fused pass may leave the other rows of the last block
+  // unfinished.
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {}, bool first_token_only = false);
   size_t size() const { return blocks_.size(); }
 
  private:
+  bool can_fuse(const torch::Tensor& x, const torch::Tensor& mask);
+
   std::vector<ResidualAttentionBlock> blocks_;
+  FusedTower fused_;  // shape and activation; the weight pointers are taken per call
 };
 
 // `visual`: pixels [N,3,R,R] -> features [N,E].

@@ -29,7 +29,7 @@ class VisionTransformer : public VisionTower {
     x = x.flatten(2).transpose(1, 2);                                  // [N,g*g,W]
     auto cls = class_embedding_.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
     x = torch::cat({cls, x}, 1) + positional_embedding_.to(x.scalar_type());
-    x = transformer_->forward(layer_norm(ln_pre_, x));
+    x = transformer_->forward(layer_norm(ln_pre_, x), {}, /*first_token_only=*/true);
     // ln_post only on the class token: the other tokens are never used.
     return torch::matmul(layer_norm(ln_post_, x.select(1, 0)), proj_);
   }

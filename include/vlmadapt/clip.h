@@ -95,4 +95,10 @@ class ClipImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Clip);
 
+// Frozen passes (no autograd, fp32, CPU) of the transformer towers run fused, sequence
+// group by sequence group (src/fused_tower.h); the same algebra as the module-by-module
+// pass within fp32 rounding. Off: every pass goes module by module (for comparisons).
+void set_fused_inference(bool enabled);
+bool fused_inference();
+
 }  // namespace vlmadapt
