@@ -215,6 +215,29 @@ torch::Tensor ClipImpl::encode_text_embeddings(const torch::Tensor& embeddings, 
   return torch::matmul(detail::layer_norm(ln_final_, pooled), text_projection_.to(x.scalar_type()));
 }
 
+torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const torch::Tensor& suffixes,
+                                             const torch::Tensor& eot) {
+  const int64_t p = prefix.size(0), w = config_.transformer_width;
+  if (prefix.dim() != 2 || prefix.size(1) != w || suffixes.dim() != 3 || suffixes.size(2) != w ||
+      eot.dim() != 1 || eot.size(0) != suffixes.size(0) || p + suffixes.size(1) > config_.context_length)
+    throw Error("encode_text_prefixed: expected a prefix [p," + std::to_string(w) + "], suffixes [N,s," +
+                std::to_string(w) + "] with p+s <= " + std::to_string(config_.context_length) +
+                " and end positions [N], got " + c10::str(prefix.sizes()) + ", " + c10::str(suffixes.sizes()) +
+                " and " + c10::str(eot.sizes()));
+  const int64_t n = suffixes.size(0);
+  if (n == 0) return torch::zeros({0, config_.embed_dim}, suffixes.options());
+  auto positions = eot.to(torch::kLong);
+  if (positions.min().item<int64_t>() < p)
+    throw Error("encode_text_prefixed: every end token must lie after the " + std::to_string(p) + "-token prefix");
+  const int64_t len = std::min<int64_t>(suffixes.size(1), positions.max().item<int64_t>() + 1 - p);
+  auto x_p = (prefix + positional_embedding_.narrow(0, 0, p).to(prefix.scalar_type())).unsqueeze(0);
+  auto x_s = suffixes.narrow(1, 0, len) + positional_embedding_.narrow(0, p, len).to(suffixes.scalar_type());
+  auto mask = torch::full({p + len, p + len}, -std::numeric_limits<float>::infinity(), x_s.options()).triu(1);
+  x_s = transformer_->forward_prefixed(x_p, x_s, mask).second;
+  auto pooled = x_s.index({torch::arange(n, positions.options()), positions - p});
+  return torch::matmul(detail::layer_norm(ln_final_, pooled), text_projection_.to(x_s.scalar_type()));
+}
+
 torch::Tensor ClipImpl::logits(const torch::Tensor& image_features, const torch::Tensor& text_features) {
   auto img = image_features / image_features.norm(2, -1, true);
   auto txt = text_features / text_features.norm(2, -1, true);

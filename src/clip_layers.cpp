@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <tuple>
 
 namespace vlmadapt::detail {
 
@@ -32,6 +33,29 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return out_proj_->forward(out.transpose(1, 2).reshape({n, l, d}));
 }
 
+std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const torch::Tensor& y_p,
+                                                                        const torch::Tensor& y_s,
+                                                                        const torch::Tensor& mask) {
+  const int64_t c = y_s.size(0), s = y_s.size(1), p = y_p.size(1), d = y_s.size(2), hd = d / heads_;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto split = [&](const torch::Tensor& y) {  // [N,L,D] -> [3,N,H,L,hd]
+    return torch::linear(y, in_proj_weight_, in_proj_bias_).view({y.size(0), y.size(1), 3, heads_, hd})
+        .permute({2, 0, 3, 1, 4});
+  };
+  auto merge = [&](const torch::Tensor& o) {  // [N,H,L,hd] -> [N,L,D]
+    return out_proj_->forward(o.transpose(1, 2).reshape({o.size(0), o.size(2), d}));
+  };
+  auto qkv_p = split(y_p), qkv_s = split(y_s);
+  auto scores_p = torch::matmul(qkv_p[0] * scale, qkv_p[1].transpose(-2, -1)) + mask.narrow(0, 0, p).narrow(1, 0, p);
+  auto out_p = torch::matmul(torch::softmax(scores_p, -1), qkv_p[2]);
+  // Keys and values of the suffix rows: the prefix's (seen by all of them), then their own.
+  auto k = torch::cat({qkv_p[1].expand({c, -1, -1, -1}), qkv_s[1]}, 2);
+  auto v = torch::cat({qkv_p[2].expand({c, -1, -1, -1}), qkv_s[2]}, 2);
+  auto scores_s = torch::matmul(qkv_s[0] * scale, k.transpose(-2, -1)) + mask.narrow(0, p, s);
+  auto out_s = torch::matmul(torch::softmax(scores_s, -1), v);
+  return {merge(out_p), merge(out_s)};
+}
+
 MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation) {
   c_fc_ = register_module("c_fc", torch::nn::Linear(width, 4 * width));
   c_proj_ = register_module("c_proj", torch::nn::Linear(4 * width, width));
@@ -54,6 +78,14 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
 torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   auto y = x + attn_->forward(layer_norm(ln_1_, x), mask);
   return y + mlp_->forward(layer_norm(ln_2_, y));
+}
+
+std::pair<torch::Tensor, torch::Tensor> ResidualAttentionBlockImpl::forward_prefixed(const torch::Tensor& x_p,
+                                                                                     const torch::Tensor& x_s,
+                                                                                     const torch::Tensor& mask) {
+  auto [a_p, a_s] = attn_->forward_prefixed(layer_norm(ln_1_, x_p), layer_norm(ln_1_, x_s), mask);
+  auto y_p = x_p + a_p, y_s = x_s + a_s;
+  return {y_p + mlp_->forward(layer_norm(ln_2_, y_p)), y_s + mlp_->forward(layer_norm(ln_2_, y_s))};
 }
 
 FusedBlock ResidualAttentionBlockImpl::fused_weights() const {
@@ -105,6 +137,12 @@ torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, b
   }
   for (auto& block : blocks_) x = block->forward(x, mask);
   return x;
+}
+
+std::pair<torch::Tensor, torch::Tensor> Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s,
+                                                                      const torch::Tensor& mask) {
+  for (auto& block : blocks_) std::tie(x_p, x_s) = block->forward_prefixed(x_p, x_s, mask);
+  return {x_p, x_s};
 }
 
 }  // namespace vlmadapt::detail

@@ -18,6 +18,11 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(int64_t width, int64_t heads);
   // x [N,L,D]; mask additive [L,L] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // Causal attention over sequences that all begin with the same prefix: y_p [1,p,D] is
+  // that prefix (computed once), y_s [C,s,D] the rest of each sequence, mask the causal
+  // [p+s,p+s] mask. Returns the outputs of both parts.
+  std::pair<torch::Tensor, torch::Tensor> forward_prefixed(const torch::Tensor& y_p, const torch::Tensor& y_s,
+                                                           const torch::Tensor& mask);
 
  private:
   friend class ResidualAttentionBlockImpl;
@@ -45,6 +50,9 @@ class ResidualAttentionBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // Pointers to the fp32 weights for fused_forward (valid while the module lives).
   FusedBlock fused_weights() const;
+  // The block over a shared prefix [1,p,D] and per-sequence suffixes [C,s,D] (causal).
+  std::pair<torch::Tensor, torch::Tensor> forward_prefixed(const torch::Tensor& x_p, const torch::Tensor& x_s,
+                                                           const torch::Tensor& mask);
 
  private:
   Attention attn_{nullptr};
@@ -62,9 +70,12 @@ class Transformer : public torch::nn::Module {
   // token 0 of the output, so the fused pass may leave the other rows of the last block
   // unfinished.
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {}, bool first_token_only = false);
+  // Causal sequences sharing their first p tokens: the prefix [1,p,D] runs once, not once
+  // per sequence (under the causal mask it cannot see what follows it), and each suffix
+  // [C,s,D] attends to it. Returns both parts.
+  std::pair<torch::Tensor, torch::Tensor> forward_prefixed(torch::Tensor x_p, torch::Tensor x_s,
+                                                           const torch::Tensor& mask);
   size_t size() const { return blocks_.size(); }
-
- private:
   bool can_fuse(const torch::Tensor& x, const torch::Tensor& mask);
 
   std::vector<ResidualAttentionBlock> blocks_;

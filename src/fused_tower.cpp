@@ -36,23 +36,6 @@ const Blas& blas() {
   return b;
 }
 
-// OpenBLAS single-threaded while ATen's threads run the sequences in parallel: its own
-// pool would otherwise split each small product and spin against ATen's threads.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : saved_(blas().get_threads ? blas().get_threads() : 0) {
-    if (saved_ > 1) blas().set_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (saved_ > 1) blas().set_threads(saved_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int saved_;
-};
-
 // Row-major C[m,n] (row stride ldc) = alpha A[m,k] op(B) + beta C. With `b_is_weight`, B is
 // stored [n,k] (a weight [out,in]) and used transposed; otherwise it is stored [k,n].
 void gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
@@ -223,6 +206,14 @@ void block_forward(const FusedTower& t, const FusedBlock& w, float* x, int64_t c
 }  // namespace
 
 bool fused_available() { return blas().sgemm != nullptr; }
+
+SingleThreadedBlas::SingleThreadedBlas() : saved_(blas().get_threads ? blas().get_threads() : 0) {
+  if (saved_ > 1) blas().set_threads(1);
+}
+
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (saved_ > 1) blas().set_threads(saved_);
+}
 
 void fused_forward(const FusedTower& t, float* x, int64_t n, int64_t l, const float* mask, bool first_token_only) {
   if (n == 0 || t.blocks.empty()) return;

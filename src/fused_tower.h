@@ -37,6 +37,20 @@ struct FusedTower {
 // True when a BLAS sgemm can be called directly (the one libtorch links).
 bool fused_available();
 
+// While it lives, OpenBLAS runs single-threaded (other BLAS libraries are left alone): for
+// regions where ATen's threads each run their own small products. Its pool would
+// otherwise split each product again and spin against ATen's threads on the same cores.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int saved_;
+};
+
 // x [n, l, width] row-major fp32, updated in place through every block. mask: additive
 // [l, l] or null. first_token_only: the last block finishes only token 0 of each
 // sequence (all that a ViT's class-token pooling reads); the other rows are left stale.

@@ -2,7 +2,11 @@
 
 #include <sstream>
 
+#include <ATen/Parallel.h>
+
 #include <vlmadapt/error.h>
+
+#include "fused_tower.h"
 
 namespace vlmadapt {
 
@@ -135,22 +139,98 @@ std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::
 }
 
 torch::Tensor PromptLearnerImpl::encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n) {
+  // With gradients to a shared context before the class name, every prompt begins with
+  // the same [SOT, ctx]: it runs through the tower once (exact, see encode_text_prefixed).
+  // Without gradients the whole prompts take the fused inference pass instead.
+  if (options_.class_token_position == "end" && ctx.dim() == 2 && torch::GradMode::is_enabled() &&
+      ctx.requires_grad()) {
+    auto prefix = torch::cat({token_prefix_[0], ctx}, 0);
+    return clip_->encode_text_prefixed(prefix, token_suffix_.narrow(0, start, n), eot_.narrow(0, start, n));
+  }
   auto [embeddings, eot] = prompts(ctx, start, n);
   return clip_->encode_text_embeddings(embeddings, eot);
 }
 
 namespace {
 
-// Text features of all classes, chunk by chunk, keeping no activations: the backward
-// pass encodes each chunk again with gradients and backpropagates its slice of the
-// incoming gradient. Exact (the same operations run twice); memory stays that of one
-// chunk whatever the number of classes.
-struct RecomputedTextFeatures : torch::autograd::Function<RecomputedTextFeatures> {
+// Classes [start, start + n) cut into at most `parts` contiguous ranges.
+std::vector<std::pair<int64_t, int64_t>> split_classes(int64_t start, int64_t n, int64_t parts) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  const int64_t per = (n + parts - 1) / parts;
+  for (int64_t s = start; s < start + n; s += per) out.emplace_back(s, std::min(per, start + n - s));
+  return out;
+}
+
+// Each range's text features and its own leaf copy of ctx, with the autograd graph between.
+// On the CPU the ranges run at once, one per thread, with single-threaded operations: the
+// prompts are many small products that no single operation spreads well over the cores.
+struct Graphs {
+  std::vector<torch::Tensor> leaves, outs;
+};
+
+Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, int64_t start, int64_t n) {
+  const bool cpu = ctx.device().is_cpu();
+  const auto ranges = split_classes(start, n, cpu ? std::max(1, at::get_num_threads()) : 1);
+  Graphs g;
+  g.leaves.resize(ranges.size());
+  g.outs.resize(ranges.size());
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      torch::AutoGradMode enable(true);  // grad mode is per thread
+      g.leaves[i] = ctx.detach().requires_grad_(true);
+      g.outs[i] = learner->encode_classes(g.leaves[i], ranges[i].first, ranges[i].second);
+    }
+  };
+  if (cpu) {
+    detail::SingleThreadedBlas single;
+    at::parallel_for(0, static_cast<int64_t>(ranges.size()), 1, run);
+  } else {
+    run(0, static_cast<int64_t>(ranges.size()));
+  }
+  return g;
+}
+
+// The gradient to ctx of <grad, features of the ranges>, the ranges again one per thread.
+torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_t offset, const torch::Tensor& like) {
+  std::vector<torch::Tensor> grads(g.outs.size());
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t row = offset;
+      for (int64_t j = 0; j < i; ++j) row += g.outs[j].size(0);
+      grads[i] = torch::autograd::grad({g.outs[i]}, {g.leaves[i]}, {grad.narrow(0, row, g.outs[i].size(0))})[0];
+    }
+  };
+  if (like.device().is_cpu()) {
+    detail::SingleThreadedBlas single;
+    at::parallel_for(0, static_cast<int64_t>(g.outs.size()), 1, run);
+  } else {
+    run(0, static_cast<int64_t>(g.outs.size()));
+  }
+  auto total = torch::zeros_like(like);
+  for (const auto& gi : grads) total += gi;
+  return total;
+}
+
+// Text features of all classes with gradients to ctx. With one chunk (learner->chunk = 0 or
+// at least the class count) the graphs are kept for the backward pass. With several, the
+// forward pass keeps no activations (the fused inference pass) and the backward pass
+// encodes each chunk again with gradients and backpropagates its slice of the incoming
+// gradient, so memory stays that of one chunk whatever the number of classes. Exact either
+// way: the same operations, at most run twice.
+struct TextFeatures : torch::autograd::Function<TextFeatures> {
   static torch::Tensor forward(torch::autograd::AutogradContext* actx, torch::Tensor ctx, PromptLearnerImpl* learner) {
     actx->save_for_backward({ctx});
     actx->saved_data["learner"] = reinterpret_cast<int64_t>(learner);
-    std::vector<torch::Tensor> parts;
     const int64_t c = learner->num_classes();
+    if (learner->chunk <= 0 || learner->chunk >= c) {
+      Graphs g = encode_with_graphs(learner, ctx, 0, c);
+      actx->saved_data["leaves"] = g.leaves;
+      actx->saved_data["outs"] = g.outs;
+      std::vector<torch::Tensor> detached;
+      for (const auto& o : g.outs) detached.push_back(o.detach());
+      return torch::cat(detached, 0);
+    }
+    std::vector<torch::Tensor> parts;
     for (int64_t s = 0; s < c; s += learner->chunk)
       parts.push_back(learner->encode_classes(ctx, s, std::min(learner->chunk, c - s)));
     return torch::cat(parts, 0);
@@ -159,14 +239,15 @@ struct RecomputedTextFeatures : torch::autograd::Function<RecomputedTextFeatures
                                                  torch::autograd::variable_list grad_out) {
     auto* learner = reinterpret_cast<PromptLearnerImpl*>(actx->saved_data["learner"].toInt());
     auto ctx = actx->get_saved_variables()[0];
+    if (actx->saved_data.count("outs")) {
+      Graphs g{actx->saved_data["leaves"].toTensorVector(), actx->saved_data["outs"].toTensorVector()};
+      return {backward_graphs(g, grad_out[0], 0, ctx), torch::Tensor()};
+    }
     auto grad = torch::zeros_like(ctx);
     const int64_t c = learner->num_classes();
     for (int64_t s = 0; s < c; s += learner->chunk) {
       const int64_t n = std::min(learner->chunk, c - s);
-      torch::AutoGradMode enable(true);
-      auto leaf = ctx.detach().requires_grad_(true);
-      auto out = learner->encode_classes(leaf, s, n);
-      grad += torch::autograd::grad({out}, {leaf}, {grad_out[0].narrow(0, s, n)})[0];
+      grad += backward_graphs(encode_with_graphs(learner, ctx, s, n), grad_out[0], s, ctx);
     }
     return {grad, torch::Tensor()};
   }
@@ -177,8 +258,8 @@ struct RecomputedTextFeatures : torch::autograd::Function<RecomputedTextFeatures
 torch::Tensor PromptLearnerImpl::text_features(const torch::Tensor& ctx_in) {
   auto ctx = ctx_in.defined() ? ctx_in : ctx_;
   const int64_t c = num_classes();
+  if (torch::GradMode::is_enabled() && ctx.requires_grad()) return TextFeatures::apply(ctx, this);
   if (chunk <= 0 || chunk >= c) return encode_classes(ctx, 0, c);
-  if (torch::GradMode::is_enabled() && ctx.requires_grad()) return RecomputedTextFeatures::apply(ctx, this);
   std::vector<torch::Tensor> parts;
   for (int64_t s = 0; s < c; s += chunk) parts.push_back(encode_classes(ctx, s, std::min(chunk, c - s)));
   return torch::cat(parts, 0);

@@ -138,6 +138,17 @@ TEST(Cli, BenchPrintsOneJsonLinePerTask) {
     if (task == "encode") EXPECT_GT(j.at("matmul_gflops").get<double>(), 0);
     if (task == "coop") EXPECT_TRUE(std::isfinite(j.at("loss").get<double>()));
   }
+  // One epoch online and one from cached features, on the built-in model and real data.
+  auto e = run({"bench", "epoch", "--arch", "default", "--shots", "2", "--feature-views", "2"});
+  ASSERT_EQ(e.code, 0) << e.err;
+  auto j = nlohmann::json::parse(e.out);
+  for (const char* field : {"online_seconds", "cached_seconds", "speedup", "cache_seconds"})
+    EXPECT_GT(j.at(field).get<double>(), 0) << field;
+  EXPECT_EQ(j.at("images"), 20);
+  EXPECT_EQ(j.at("feature_views"), 2);
+  e = run({"bench", "epoch", "--arch", "default", "--feature-views", "0"});
+  EXPECT_NE(e.code, 0);
+  EXPECT_NE(e.err.find("--feature-views"), std::string::npos) << e.err;
   auto r = run({"bench", "train"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("unknown task 'train'"), std::string::npos) << r.err;

@@ -7,6 +7,9 @@
 //           gradients, the text tower over all class prompts (16 context vectors)
 //           forward and backward, then SGD
 //   tpt     seconds per test image: 64 views, 4 context vectors, 1 step, the prediction
+//   epoch   seconds per CoOp epoch on the Fashion-MNIST few-shot split (real decoding and
+//           augmentation through the loader), online and from the opt-in cache of frozen
+//           features over train.feature_views augmented views, and their ratio
 #pragma once
 #include <string>
 
@@ -15,17 +18,20 @@
 namespace vlmadapt {
 
 struct BenchOptions {
-  std::string task = "encode";  // encode | coop | tpt
-  std::string arch = "ViT-B/16";
+  std::string task = "encode";  // encode | coop | tpt | epoch
+  std::string arch = "ViT-B/16";  // a named architecture (random weights), or "default" (the built-in model)
   int64_t n_cls = 100;
   int64_t batch = 32;
   int threads = 2;
   int reps = 3;
+  int shots = 16;          // epoch: images per class
+  int feature_views = 8;   // epoch: cached augmented views per image
 };
 
 // Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,
 // seconds_per_step or seconds_per_image; task, arch, n_cls, batch, threads) plus
-// peak_rss_mb and, for encode, gflops and matmul_gflops.
+// peak_rss_mb and, for encode, gflops and matmul_gflops; epoch prints online_seconds,
+// cached_seconds (one epoch each), speedup and cache_seconds (building the cache once).
 nlohmann::json run_bench(const BenchOptions& options);
 
 // Peak resident memory of this process so far, in MB (VmHWM).

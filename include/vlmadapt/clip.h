@@ -62,6 +62,13 @@ class ClipImpl : public torch::nn::Module {
   // and end-token positions [N]. Positions after the last end token cannot change any
   // feature under the causal mask, so the sequence is cut there.
   torch::Tensor encode_text_embeddings(const torch::Tensor& embeddings, const torch::Tensor& eot);
+  // The same for prompts that all begin with one prefix: prefix [p,D] (e.g. the start token
+  // and CoOp's shared context), suffixes [N,s,D] (class tokens, end token, ...), end-token
+  // positions [N] counted from the prefix's start (each at least p). Under the causal mask
+  // the prefix cannot see its suffixes, so it runs once instead of once per prompt: the
+  // same features and gradients as encode_text_embeddings on the concatenated prompts.
+  torch::Tensor encode_text_prefixed(const torch::Tensor& prefix, const torch::Tensor& suffixes,
+                                     const torch::Tensor& eot);
   // Token ids -> embeddings [N,L,D].
   torch::Tensor embed_tokens(const torch::Tensor& tokens);
   // exp(logit_scale) * normalise(image) @ normalise(text)^T.

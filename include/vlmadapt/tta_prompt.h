@@ -21,7 +21,7 @@ struct TunedPromptOptions {
   double weight_decay = 0.01;  // AdamW's PyTorch default, as TPT
   int steps = 1;
   bool continual = false;
-  int64_t text_chunk = 128;    // classes per text-tower pass (0 = all); bounds memory for 1000 classes
+  int64_t text_chunk = 256;    // classes per text-tower pass (0 = all); bounds memory for 1000 classes
   // Adds n_ctx, ctx_init, init_run, lr, weight_decay, steps, continual, text_chunk.
   void bind(OptionSet& s);
 };
