@@ -190,7 +190,9 @@ TEST(TextChunks, RecomputedGradientsEqualTheDirectOnes) {
   chunked->chunk = 3;  // 10 classes in chunks of 3, 3, 3, 1
   auto weights = torch::randn({10, tiny()->embed_dim()});
   auto a = direct->text_features(), b = chunked->text_features();
-  EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6));
+  // The chunked forward keeps no graph, so it takes the fused inference pass: equal up to
+  // float rounding.
+  EXPECT_LT((a - b).abs().max().item<double>(), 1e-5 * a.abs().max().item<double>());
   (a * weights).sum().backward();
   (b * weights).sum().backward();
   // Equal up to float rounding (BLAS blocks a 3-row product differently from a 10-row one).
