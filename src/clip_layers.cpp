@@ -129,9 +129,9 @@ torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, b
   if (can_fuse(x, mask)) {
     auto out = x.contiguous().clone();  // updated in place; the caller's tensor is left alone
     auto m = mask.defined() ? mask.contiguous() : mask;
-    fused_.blocks.clear();
-    for (const auto& block : blocks_) fused_.blocks.push_back(block->fused_weights());
-    fused_forward(fused_, out.data_ptr<float>(), out.size(0), out.size(1), m.defined() ? m.data_ptr<float>() : nullptr,
+    FusedTower tower = fused_;  // per call: the tower may run on several threads at once
+    for (const auto& block : blocks_) tower.blocks.push_back(block->fused_weights());
+    fused_forward(tower, out.data_ptr<float>(), out.size(0), out.size(1), m.defined() ? m.data_ptr<float>() : nullptr,
                   first_token_only);
     return out;
   }

@@ -79,7 +79,7 @@ class Transformer : public torch::nn::Module {
   bool can_fuse(const torch::Tensor& x, const torch::Tensor& mask);
 
   std::vector<ResidualAttentionBlock> blocks_;
-  FusedTower fused_;  // shape and activation; the weight pointers are taken per call
+  FusedTower fused_;  // shape and activation, without blocks: their weights are taken per call
 };
 
 // `visual`: pixels [N,3,R,R] -> features [N,E].
