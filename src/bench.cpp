@@ -83,12 +83,7 @@ nlohmann::json bench_encode(Clip clip, const BenchOptions& o) {
 nlohmann::json bench_coop(Clip clip, const BenchOptions& o) {
   auto method = make_method("coop", {{"coop.n_ctx", "16"}});
   method->setup(bench_task(clip, o.n_cls));
-  Recipe recipe;  // CoOp's optimiser: SGD, lr 0.002, momentum 0.9
-  recipe.method = "coop";
-  recipe.train.optimizer = "sgd";
-  recipe.train.lr = 0.002;
-  recipe.train.momentum = 0.9;
-  recipe.train.weight_decay = 0;
+  const Recipe recipe = coop_bench_recipe();
   Trainer trainer(TrainerSetup{method.get(), clip, nullptr, recipe, "", nullptr});
   auto optimizer = make_optimizer(recipe.train, method->trainable_parameters());
   const int64_t r = clip->image_resolution();
@@ -145,13 +140,9 @@ nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
   auto epoch_seconds = [&](int feature_views, double* first) {
     auto method = make_method("coop", {{"coop.n_ctx", "16"}});
     method->setup(task);
-    Recipe recipe;
-    recipe.method = "coop";
+    Recipe recipe = coop_bench_recipe();
     recipe.data = d;
     recipe.data.shots = o.shots;
-    recipe.train.optimizer = "sgd";
-    recipe.train.lr = 0.002;
-    recipe.train.momentum = 0.9;
     recipe.train.epochs = 2;
     recipe.train.batch_size = o.batch;
     recipe.train.feature_views = feature_views;
@@ -174,6 +165,16 @@ nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
 }
 
 }  // namespace
+
+Recipe coop_bench_recipe() {
+  Recipe recipe;
+  recipe.method = "coop";
+  recipe.train.optimizer = "sgd";
+  recipe.train.lr = 0.002;
+  recipe.train.momentum = 0.9;
+  recipe.train.weight_decay = 0;
+  return recipe;
+}
 
 double peak_rss_mb() {
   std::ifstream in("/proc/self/status");

@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <vlmadapt/recipe.h>
+
 namespace vlmadapt {
 
 struct BenchOptions {
@@ -33,6 +35,10 @@ struct BenchOptions {
 // peak_rss_mb and, for encode, gflops and matmul_gflops; epoch prints online_seconds,
 // cached_seconds (one epoch each), speedup and cache_seconds (building the cache once).
 nlohmann::json run_bench(const BenchOptions& options);
+
+// The recipe of the bench's CoOp steps and epochs: CoOp's optimiser (SGD, lr 0.002,
+// momentum 0.9, no weight decay), the method "coop".
+Recipe coop_bench_recipe();
 
 // Peak resident memory of this process so far, in MB (VmHWM).
 double peak_rss_mb();
