@@ -200,7 +200,7 @@ double fused_vs_modules(const std::function<torch::Tensor()>& f) {
 
 TEST(Clip, FusedInferenceEqualsModulePath) {
   // The comparison means something only where the fused pass runs (a BLAS sgemm is found).
-  ASSERT_TRUE(detail::fused_available());
+  ASSERT_TRUE(vlmadapt::detail::fused_available());
   torch::NoGradGuard no_grad;
   for (auto act : {Activation::QuickGELU, Activation::GELU}) {
     Clip clip = random_small_clip(act);
