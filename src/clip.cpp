@@ -231,7 +231,10 @@ torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const 
     throw Error("encode_text_prefixed: every end token must lie after the " + std::to_string(p) + "-token prefix");
   const int64_t len = std::min<int64_t>(suffixes.size(1), positions.max().item<int64_t>() + 1 - p);
   auto x_p = (prefix + positional_embedding_.narrow(0, 0, p).to(prefix.scalar_type())).unsqueeze(0);
-  auto x_s = suffixes.narrow(1, 0, len) + positional_embedding_.narrow(0, p, len).to(suffixes.scalar_type());
+  // Both parts in the prefix's dtype (a learned fp32 context with fp16 token embeddings
+  // gives fp32 throughout, as the concatenated prompt would).
+  auto x_s = suffixes.narrow(1, 0, len).to(prefix.scalar_type()) +
+             positional_embedding_.narrow(0, p, len).to(prefix.scalar_type());
   auto mask = torch::full({p + len, p + len}, -std::numeric_limits<float>::infinity(), x_s.options()).triu(1);
   x_s = transformer_->forward_prefixed(x_p, x_s, mask).second;
   auto pooled = x_s.index({torch::arange(n, positions.options()), positions - p});
