@@ -177,7 +177,7 @@ Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, 
   auto run = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       torch::AutoGradMode enable(true);  // grad mode is per thread
-      g.leaves[i] = ctx.detach().requires_grad_(true);
+      g.leaves[i] = ctx.detach().clone().requires_grad_(true);  // own storage: ctx may change in place
       g.outs[i] = learner->encode_classes(g.leaves[i], ranges[i].first, ranges[i].second);
     }
   };
@@ -191,13 +191,16 @@ Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, 
 }
 
 // The gradient to ctx of <grad, features of the ranges>, the ranges again one per thread.
-torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_t offset, const torch::Tensor& like) {
+// `retain`: the graphs may be backpropagated again (they are freed with `g`).
+torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_t offset, const torch::Tensor& like,
+                              bool retain) {
   std::vector<torch::Tensor> grads(g.outs.size());
   auto run = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       int64_t row = offset;
       for (int64_t j = 0; j < i; ++j) row += g.outs[j].size(0);
-      grads[i] = torch::autograd::grad({g.outs[i]}, {g.leaves[i]}, {grad.narrow(0, row, g.outs[i].size(0))})[0];
+      grads[i] =
+          torch::autograd::grad({g.outs[i]}, {g.leaves[i]}, {grad.narrow(0, row, g.outs[i].size(0))}, retain)[0];
     }
   };
   if (like.device().is_cpu()) {
@@ -216,10 +219,12 @@ torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_
 // forward pass keeps no activations (the fused inference pass) and the backward pass
 // encodes each chunk again with gradients and backpropagates its slice of the incoming
 // gradient, so memory stays that of one chunk whatever the number of classes. Exact either
-// way: the same operations, at most run twice.
+// way: the same operations, at most run twice. The graph may be backpropagated more than
+// once (TunedPrompt reuses its first step's); ctx is saved as a copy, since the optimizer
+// and episodic resets write into the parameter.
 struct TextFeatures : torch::autograd::Function<TextFeatures> {
   static torch::Tensor forward(torch::autograd::AutogradContext* actx, torch::Tensor ctx, PromptLearnerImpl* learner) {
-    actx->save_for_backward({ctx});
+    actx->saved_data["ctx"] = ctx.detach().clone();
     actx->saved_data["learner"] = reinterpret_cast<int64_t>(learner);
     const int64_t c = learner->num_classes();
     if (learner->chunk <= 0 || learner->chunk >= c) {
@@ -238,16 +243,16 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* actx,
                                                  torch::autograd::variable_list grad_out) {
     auto* learner = reinterpret_cast<PromptLearnerImpl*>(actx->saved_data["learner"].toInt());
-    auto ctx = actx->get_saved_variables()[0];
+    auto ctx = actx->saved_data["ctx"].toTensor();
     if (actx->saved_data.count("outs")) {
       Graphs g{actx->saved_data["leaves"].toTensorVector(), actx->saved_data["outs"].toTensorVector()};
-      return {backward_graphs(g, grad_out[0], 0, ctx), torch::Tensor()};
+      return {backward_graphs(g, grad_out[0], 0, ctx, true), torch::Tensor()};
     }
     auto grad = torch::zeros_like(ctx);
     const int64_t c = learner->num_classes();
     for (int64_t s = 0; s < c; s += learner->chunk) {
       const int64_t n = std::min(learner->chunk, c - s);
-      grad += backward_graphs(encode_with_graphs(learner, ctx, s, n), grad_out[0], s, ctx);
+      grad += backward_graphs(encode_with_graphs(learner, ctx, s, n), grad_out[0], s, ctx, false);
     }
     return {grad, torch::Tensor()};
   }

@@ -193,6 +193,7 @@ double Trainer::train(bool resume) {
       labels.push_back(fs.labels);
     }
     view_features_ = {torch::cat(feats), torch::cat(labels)};
+    if (on_views_cached) on_views_cached();
   }
   double loss = 0;
   for (int64_t epoch = start; epoch < epochs_; ++epoch) {

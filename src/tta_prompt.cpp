@@ -52,6 +52,8 @@ void TunedPrompt::setup(torch::nn::Module& owner, const TaskContext& task) {
   learner_->set_classes(task.classnames);
   initial_ctx_ = learner_->ctx().detach().clone();
   optimizer_.reset();
+  at_initial_ = false;
+  initial_classifier_ = torch::Tensor();
 }
 
 void TunedPrompt::begin_image() {
@@ -64,17 +66,23 @@ void TunedPrompt::begin_image() {
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       std::vector<torch::Tensor>{learner_->ctx()},
       torch::optim::AdamWOptions(options_.lr).weight_decay(options_.weight_decay));
+  at_initial_ = !options_.continual;
 }
 
 torch::Tensor TunedPrompt::classifier() {
+  const bool reuse = at_initial_ && torch::GradMode::is_enabled();
+  if (reuse && initial_classifier_.defined()) return initial_classifier_;
   auto text = learner_->text_features();
-  return text / text.norm(2, -1, true);
+  auto out = text / text.norm(2, -1, true);
+  if (reuse) initial_classifier_ = out;
+  return out;
 }
 
 void TunedPrompt::step(const torch::Tensor& loss) {
   optimizer_->zero_grad();
-  loss.backward();
+  loss.backward({}, /*retain_graph=*/at_initial_);  // the first step's graph serves the next image
   optimizer_->step();
+  at_initial_ = false;
 }
 
 }  // namespace vlmadapt

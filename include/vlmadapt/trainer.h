@@ -41,6 +41,8 @@ class Trainer {
   double train_step(const Batch& batch, torch::optim::Optimizer& optimizer);
   // Called after each epoch's checkpoint (epoch is 0-based).
   std::function<void(int64_t epoch, double mean_loss)> on_epoch_end;
+  // Called once the cached views of train.feature_views are ready, before the first epoch.
+  std::function<void()> on_views_cached;
 
  private:
   double run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);

@@ -34,6 +34,9 @@ class TunedPrompt {
   // Before each image: episodic mode restores ctx and a fresh optimizer state.
   void begin_image();
   // Normalised text features [C,E] of the current context (with gradients to it).
+  // Episodic mode starts every image from the same context, so the first step's features
+  // and their graph are the same for every image: they are computed once and
+  // backpropagated again for each image (exact).
   torch::Tensor classifier();
   // One optimizer step on `loss`.
   void step(const torch::Tensor& loss);
@@ -44,6 +47,8 @@ class TunedPrompt {
   PromptLearner learner_{nullptr};
   torch::Tensor initial_ctx_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  bool at_initial_ = false;           // ctx holds initial_ctx_ (episodic, before the first step)
+  torch::Tensor initial_classifier_;  // classifier() at initial_ctx_, with its graph
 };
 
 // The context vectors of a finished CoOp run (<run>/method.safetensors, prompt_learner.ctx).
