@@ -93,11 +93,11 @@ void layer_norm_rows(const float* x, int64_t rows, int64_t ldx, int64_t d, const
 
 // Row-wise softmax of s [rows, cols] in place, after adding mask rows when given.
 VLMADAPT_VECTOR_CLONES
-void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask, int64_t mask_row0) {
+void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask) {
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * cols;
     if (mask) {
-      const float* mi = mask + (mask_row0 + i) * cols;
+      const float* mi = mask + i * cols;
 #pragma omp simd
       for (int64_t j = 0; j < cols; ++j) si[j] += mi[j];
     }
@@ -186,7 +186,7 @@ void block_forward(const FusedTower& t, const FusedBlock& w, float* x, int64_t c
     for (int64_t h = 0; h < t.heads; ++h) {
       const float* q = qkv + i * l * 3 * d + h * hd;
       gemm(queries, l, hd, scale, q, 3 * d, q + d, 3 * d, true, 0.0f, scores, l);
-      softmax_rows(scores, queries, l, mask, 0);
+      softmax_rows(scores, queries, l, mask);
       gemm(queries, hd, l, 1.0f, scores, l, q + 2 * d, 3 * d, false, 0.0f, attn + i * l * d + h * hd, d);
     }
 

@@ -1,5 +1,6 @@
 #include <vlmadapt/prompts.h>
 
+#include <functional>
 #include <sstream>
 
 #include <ATen/Parallel.h>
@@ -168,25 +169,35 @@ struct Graphs {
   std::vector<torch::Tensor> leaves, outs;
 };
 
+// Text features of all classes, learner->chunk classes per pass.
+torch::Tensor encode_in_chunks(PromptLearnerImpl* learner, const torch::Tensor& ctx) {
+  const int64_t c = learner->num_classes(), step = learner->chunk > 0 ? learner->chunk : c;
+  std::vector<torch::Tensor> parts;
+  for (int64_t s = 0; s < c; s += step) parts.push_back(learner->encode_classes(ctx, s, std::min(step, c - s)));
+  return torch::cat(parts, 0);
+}
+
+// fn(i) for i in [0, n): on the CPU one per thread with single-threaded BLAS, else in turn.
+void run_parts(bool cpu, int64_t n, const std::function<void(int64_t)>& fn) {
+  auto range = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  };
+  if (!cpu) return range(0, n);
+  detail::SingleThreadedBlas single;
+  at::parallel_for(0, n, 1, range);
+}
+
 Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, int64_t start, int64_t n) {
   const bool cpu = ctx.device().is_cpu();
   const auto ranges = split_classes(start, n, cpu ? std::max(1, at::get_num_threads()) : 1);
   Graphs g;
   g.leaves.resize(ranges.size());
   g.outs.resize(ranges.size());
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      torch::AutoGradMode enable(true);  // grad mode is per thread
-      g.leaves[i] = ctx.detach().clone().requires_grad_(true);  // own storage: ctx may change in place
-      g.outs[i] = learner->encode_classes(g.leaves[i], ranges[i].first, ranges[i].second);
-    }
-  };
-  if (cpu) {
-    detail::SingleThreadedBlas single;
-    at::parallel_for(0, static_cast<int64_t>(ranges.size()), 1, run);
-  } else {
-    run(0, static_cast<int64_t>(ranges.size()));
-  }
+  run_parts(cpu, static_cast<int64_t>(ranges.size()), [&](int64_t i) {
+    torch::AutoGradMode enable(true);  // grad mode is per thread
+    g.leaves[i] = ctx.detach().clone().requires_grad_(true);  // own storage: ctx may change in place
+    g.outs[i] = learner->encode_classes(g.leaves[i], ranges[i].first, ranges[i].second);
+  });
   return g;
 }
 
@@ -195,20 +206,12 @@ Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, 
 torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_t offset, const torch::Tensor& like,
                               bool retain) {
   std::vector<torch::Tensor> grads(g.outs.size());
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t row = offset;
-      for (int64_t j = 0; j < i; ++j) row += g.outs[j].size(0);
-      grads[i] =
-          torch::autograd::grad({g.outs[i]}, {g.leaves[i]}, {grad.narrow(0, row, g.outs[i].size(0))}, retain)[0];
-    }
-  };
-  if (like.device().is_cpu()) {
-    detail::SingleThreadedBlas single;
-    at::parallel_for(0, static_cast<int64_t>(g.outs.size()), 1, run);
-  } else {
-    run(0, static_cast<int64_t>(g.outs.size()));
-  }
+  std::vector<int64_t> rows{offset};  // first row of each range in `grad`
+  for (const auto& o : g.outs) rows.push_back(rows.back() + o.size(0));
+  run_parts(like.device().is_cpu(), static_cast<int64_t>(g.outs.size()), [&](int64_t i) {
+    grads[i] = torch::autograd::grad({g.outs[i]}, {g.leaves[i]}, {grad.narrow(0, rows[i], g.outs[i].size(0))},
+                                     retain)[0];
+  });
   auto total = torch::zeros_like(like);
   for (const auto& gi : grads) total += gi;
   return total;
@@ -235,10 +238,7 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
       for (const auto& o : g.outs) detached.push_back(o.detach());
       return torch::cat(detached, 0);
     }
-    std::vector<torch::Tensor> parts;
-    for (int64_t s = 0; s < c; s += learner->chunk)
-      parts.push_back(learner->encode_classes(ctx, s, std::min(learner->chunk, c - s)));
-    return torch::cat(parts, 0);
+    return encode_in_chunks(learner, ctx);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* actx,
                                                  torch::autograd::variable_list grad_out) {
@@ -265,9 +265,7 @@ torch::Tensor PromptLearnerImpl::text_features(const torch::Tensor& ctx_in) {
   const int64_t c = num_classes();
   if (torch::GradMode::is_enabled() && ctx.requires_grad()) return TextFeatures::apply(ctx, this);
   if (chunk <= 0 || chunk >= c) return encode_classes(ctx, 0, c);
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < c; s += chunk) parts.push_back(encode_classes(ctx, s, std::min(chunk, c - s)));
-  return torch::cat(parts, 0);
+  return encode_in_chunks(this, ctx);
 }
 
 }  // namespace vlmadapt
