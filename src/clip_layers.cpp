@@ -35,25 +35,30 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
 
 std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const torch::Tensor& y_p,
                                                                         const torch::Tensor& y_s,
-                                                                        const torch::Tensor& mask) {
-  const int64_t c = y_s.size(0), s = y_s.size(1), p = y_p.size(1), d = y_s.size(2), hd = d / heads_;
+                                                                        const torch::Tensor& mask,
+                                                                        const SuffixRows& rows,
+                                                                        const torch::Tensor& out_slot) {
+  const int64_t c = rows.count, s = rows.length, p = y_p.size(1), d = y_s.size(-1), hd = d / heads_;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  auto split = [&](const torch::Tensor& y) {  // [N,L,D] -> [3,N,H,L,hd]
-    return torch::linear(y, in_proj_weight_, in_proj_bias_).view({y.size(0), y.size(1), 3, heads_, hd})
-        .permute({2, 0, 3, 1, 4});
+  auto heads = [&](const torch::Tensor& qkv, int64_t n, int64_t l) {  // [n*l,3D] -> [3,n,H,l,hd]
+    return qkv.view({n, l, 3, heads_, hd}).permute({2, 0, 3, 1, 4});
   };
-  auto merge = [&](const torch::Tensor& o) {  // [N,H,L,hd] -> [N,L,D]
-    return out_proj_->forward(o.transpose(1, 2).reshape({o.size(0), o.size(2), d}));
-  };
-  auto qkv_p = split(y_p), qkv_s = split(y_s);
+  auto qkv_p = heads(torch::linear(y_p, in_proj_weight_, in_proj_bias_), 1, p);
+  // The packed rows go to their padded slots for the per-suffix attention; the padding
+  // (zeros, after each end token) is masked out for every real row and never read back.
+  auto packed = torch::linear(y_s, in_proj_weight_, in_proj_bias_);
+  auto padded = packed.size(0) == c * s ? packed
+                                        : torch::zeros({c * s, 3 * d}, packed.options()).index_copy(0, rows.slot, packed);
+  auto qkv_s = heads(padded, c, s);
   auto scores_p = torch::matmul(qkv_p[0] * scale, qkv_p[1].transpose(-2, -1)) + mask.narrow(0, 0, p).narrow(1, 0, p);
   auto out_p = torch::matmul(torch::softmax(scores_p, -1), qkv_p[2]);
   // Keys and values of the suffix rows: the prefix's (seen by all of them), then their own.
   auto k = torch::cat({qkv_p[1].expand({c, -1, -1, -1}), qkv_s[1]}, 2);
   auto v = torch::cat({qkv_p[2].expand({c, -1, -1, -1}), qkv_s[2]}, 2);
   auto scores_s = torch::matmul(qkv_s[0] * scale, k.transpose(-2, -1)) + mask.narrow(0, p, s);
-  auto out_s = torch::matmul(torch::softmax(scores_s, -1), v);
-  return {merge(out_p), merge(out_s)};
+  auto out_s = torch::matmul(torch::softmax(scores_s, -1), v).transpose(1, 2).reshape({c * s, d});
+  if (out_slot.size(0) != c * s) out_s = out_s.index_select(0, out_slot);
+  return {out_proj_->forward(out_p.transpose(1, 2).reshape({1, p, d})), out_proj_->forward(out_s)};
 }
 
 MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation) {
@@ -82,10 +87,16 @@ torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const 
 
 std::pair<torch::Tensor, torch::Tensor> ResidualAttentionBlockImpl::forward_prefixed(const torch::Tensor& x_p,
                                                                                      const torch::Tensor& x_s,
-                                                                                     const torch::Tensor& mask) {
-  auto [a_p, a_s] = attn_->forward_prefixed(layer_norm(ln_1_, x_p), layer_norm(ln_1_, x_s), mask);
-  auto y_p = x_p + a_p, y_s = x_s + a_s;
-  return {y_p + mlp_->forward(layer_norm(ln_2_, y_p)), y_s + mlp_->forward(layer_norm(ln_2_, y_s))};
+                                                                                     const torch::Tensor& mask,
+                                                                                     const SuffixRows& rows,
+                                                                                     const torch::Tensor& keep) {
+  const auto out_slot = keep.defined() ? rows.slot.index_select(0, keep) : rows.slot;
+  auto [a_p, a_s] = attn_->forward_prefixed(layer_norm(ln_1_, x_p), layer_norm(ln_1_, x_s), mask, rows, out_slot);
+  auto y_s = (keep.defined() ? x_s.index_select(0, keep) : x_s) + a_s;
+  y_s = y_s + mlp_->forward(layer_norm(ln_2_, y_s));
+  if (keep.defined()) return {torch::Tensor(), y_s};
+  auto y_p = x_p + a_p;
+  return {y_p + mlp_->forward(layer_norm(ln_2_, y_p)), y_s};
 }
 
 FusedBlock ResidualAttentionBlockImpl::fused_weights() const {
@@ -139,10 +150,13 @@ torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, b
   return x;
 }
 
-std::pair<torch::Tensor, torch::Tensor> Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s,
-                                                                      const torch::Tensor& mask) {
-  for (auto& block : blocks_) std::tie(x_p, x_s) = block->forward_prefixed(x_p, x_s, mask);
-  return {x_p, x_s};
+torch::Tensor Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
+                                           const SuffixRows& rows, const torch::Tensor& ends) {
+  for (size_t b = 0; b < blocks_.size(); ++b) {
+    const bool last = b + 1 == blocks_.size();
+    std::tie(x_p, x_s) = blocks_[b]->forward_prefixed(x_p, x_s, mask, rows, last ? ends : torch::Tensor());
+  }
+  return x_s;
 }
 
 }  // namespace vlmadapt::detail

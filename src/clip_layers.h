@@ -9,6 +9,14 @@
 
 namespace vlmadapt::detail {
 
+// The suffixes of prompts that share a prefix, packed without padding: packed row r is
+// position slot[r] % length of suffix slot[r] / length. Rows after a suffix's end token
+// cannot reach its feature (causal mask), so they are not computed at all.
+struct SuffixRows {
+  torch::Tensor slot;  // [R] int64, increasing
+  int64_t count = 0, length = 0;
+};
+
 // Pre-LN layer norm that computes in fp32 and casts back, as the reference does for fp16.
 torch::Tensor layer_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x);
 
@@ -19,10 +27,12 @@ class AttentionImpl : public torch::nn::Module {
   // x [N,L,D]; mask additive [L,L] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // Causal attention over sequences that all begin with the same prefix: y_p [1,p,D] is
-  // that prefix (computed once), y_s [C,s,D] the rest of each sequence, mask the causal
-  // [p+s,p+s] mask. Returns the outputs of both parts.
+  // that prefix (computed once), y_s [R,D] the packed rest of each sequence (`rows`), mask
+  // the causal [p+s,p+s] mask. Returns the prefix's output and the suffix outputs at the
+  // padded slots `out_slot` (all of rows.slot, or fewer).
   std::pair<torch::Tensor, torch::Tensor> forward_prefixed(const torch::Tensor& y_p, const torch::Tensor& y_s,
-                                                           const torch::Tensor& mask);
+                                                           const torch::Tensor& mask, const SuffixRows& rows,
+                                                           const torch::Tensor& out_slot);
 
  private:
   friend class ResidualAttentionBlockImpl;
@@ -50,9 +60,12 @@ class ResidualAttentionBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // Pointers to the fp32 weights for fused_forward (valid while the module lives).
   FusedBlock fused_weights() const;
-  // The block over a shared prefix [1,p,D] and per-sequence suffixes [C,s,D] (causal).
+  // The block over a shared prefix [1,p,D] and packed suffix rows [R,D] (causal). With
+  // `keep` (packed row indices), only those suffix rows go on and the prefix is not
+  // finished (undefined): for the last block, whose other rows nothing reads.
   std::pair<torch::Tensor, torch::Tensor> forward_prefixed(const torch::Tensor& x_p, const torch::Tensor& x_s,
-                                                           const torch::Tensor& mask);
+                                                           const torch::Tensor& mask, const SuffixRows& rows,
+                                                           const torch::Tensor& keep);
 
  private:
   Attention attn_{nullptr};
@@ -71,10 +84,11 @@ class Transformer : public torch::nn::Module {
   // unfinished.
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {}, bool first_token_only = false);
   // Causal sequences sharing their first p tokens: the prefix [1,p,D] runs once, not once
-  // per sequence (under the causal mask it cannot see what follows it), and each suffix
-  // [C,s,D] attends to it. Returns both parts.
-  std::pair<torch::Tensor, torch::Tensor> forward_prefixed(torch::Tensor x_p, torch::Tensor x_s,
-                                                           const torch::Tensor& mask);
+  // per sequence (under the causal mask it cannot see what follows it), and each packed
+  // suffix row [R,D] attends to it. Returns the last block's output at the packed rows
+  // `ends` (each suffix's end token).
+  torch::Tensor forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
+                                 const SuffixRows& rows, const torch::Tensor& ends);
   size_t size() const { return blocks_.size(); }
   bool can_fuse(const torch::Tensor& x, const torch::Tensor& mask);
 

@@ -48,8 +48,10 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t 
 }
 
 // ---- element-wise kernels, vectorised by the compiler ----------------------
-// Each has an AVX2+FMA clone and a baseline one, chosen when the library loads.
-#define VLMADAPT_VECTOR_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// Each has an AVX2+FMA clone and a baseline one, chosen when the library loads. The clone
+// is x86-64-v3, which GCC dispatches on the CPU's features; "arch=haswell" is dispatched
+// on the CPU model and so never ran on AMD processors.
+#define VLMADAPT_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 
 // expf to about 1 ulp (Cephes' polynomial after Cody-Waite reduction), in plain
 // arithmetic so that loops over it vectorise; 0 below the smallest normal result.
@@ -213,6 +215,13 @@ SingleThreadedBlas::SingleThreadedBlas() : saved_(blas().get_threads ? blas().ge
 
 SingleThreadedBlas::~SingleThreadedBlas() {
   if (saved_ > 1) blas().set_threads(saved_);
+}
+
+void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn) {
+  SingleThreadedBlas single;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  });
 }
 
 void fused_forward(const FusedTower& t, float* x, int64_t n, int64_t l, const float* mask, bool first_token_only) {

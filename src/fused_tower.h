@@ -16,6 +16,7 @@
 // against each other and the goldens.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace vlmadapt::detail {
@@ -50,6 +51,11 @@ class SingleThreadedBlas {
  private:
   int saved_;
 };
+
+// fn(i) for every i in [0, n), spread over ATen's threads with OpenBLAS single-threaded.
+// It lives here because at::parallel_for is a header template that runs everything in
+// turn unless its caller is compiled with OpenMP, as this file is (and prompts.cpp is not).
+void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn);
 
 // x [n, l, width] row-major fp32, updated in place through every block. mask: additive
 // [l, l] or null. first_token_only: the last block finishes only token 0 of each

@@ -140,11 +140,9 @@ std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::
 }
 
 torch::Tensor PromptLearnerImpl::encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n) {
-  // With gradients to a shared context before the class name, every prompt begins with
-  // the same [SOT, ctx]: it runs through the tower once (exact, see encode_text_prefixed).
-  // Without gradients the whole prompts take the fused inference pass instead.
-  if (options_.class_token_position == "end" && ctx.dim() == 2 && torch::GradMode::is_enabled() &&
-      ctx.requires_grad()) {
+  // With a shared context before the class name, every prompt begins with the same
+  // [SOT, ctx]: it runs through the tower once (exact, see encode_text_prefixed).
+  if (options_.class_token_position == "end" && ctx.dim() == 2) {
     auto prefix = torch::cat({token_prefix_[0], ctx}, 0);
     return clip_->encode_text_prefixed(prefix, token_suffix_.narrow(0, start, n), eot_.narrow(0, start, n));
   }
@@ -162,43 +160,44 @@ std::vector<std::pair<int64_t, int64_t>> split_classes(int64_t start, int64_t n,
   return out;
 }
 
-// Each range's text features and its own leaf copy of ctx, with the autograd graph between.
-// On the CPU the ranges run at once, one per thread, with single-threaded operations: the
-// prompts are many small products that no single operation spreads well over the cores.
+// Each range's text features and, with graphs, its own leaf copy of ctx and the autograd
+// graph between. On the CPU the ranges run at once, one per thread, with single-threaded
+// operations: the prompts are many small products that no single operation spreads well
+// over the cores.
 struct Graphs {
   std::vector<torch::Tensor> leaves, outs;
 };
 
-// Text features of all classes, learner->chunk classes per pass.
-torch::Tensor encode_in_chunks(PromptLearnerImpl* learner, const torch::Tensor& ctx) {
-  const int64_t c = learner->num_classes(), step = learner->chunk > 0 ? learner->chunk : c;
-  std::vector<torch::Tensor> parts;
-  for (int64_t s = 0; s < c; s += step) parts.push_back(learner->encode_classes(ctx, s, std::min(step, c - s)));
-  return torch::cat(parts, 0);
-}
-
 // fn(i) for i in [0, n): on the CPU one per thread with single-threaded BLAS, else in turn.
 void run_parts(bool cpu, int64_t n, const std::function<void(int64_t)>& fn) {
-  auto range = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) fn(i);
-  };
-  if (!cpu) return range(0, n);
-  detail::SingleThreadedBlas single;
-  at::parallel_for(0, n, 1, range);
+  if (cpu) return detail::parallel_parts(n, fn);
+  for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
-Graphs encode_with_graphs(PromptLearnerImpl* learner, const torch::Tensor& ctx, int64_t start, int64_t n) {
+Graphs encode_parts(PromptLearnerImpl* learner, const torch::Tensor& ctx, int64_t start, int64_t n, bool graphs) {
   const bool cpu = ctx.device().is_cpu();
   const auto ranges = split_classes(start, n, cpu ? std::max(1, at::get_num_threads()) : 1);
   Graphs g;
   g.leaves.resize(ranges.size());
   g.outs.resize(ranges.size());
   run_parts(cpu, static_cast<int64_t>(ranges.size()), [&](int64_t i) {
-    torch::AutoGradMode enable(true);  // grad mode is per thread
-    g.leaves[i] = ctx.detach().clone().requires_grad_(true);  // own storage: ctx may change in place
-    g.outs[i] = learner->encode_classes(g.leaves[i], ranges[i].first, ranges[i].second);
+    torch::AutoGradMode mode(graphs);  // grad mode is per thread
+    auto part_ctx = graphs ? ctx.detach().clone().requires_grad_(true) : ctx;  // own storage: ctx may change in place
+    if (graphs) g.leaves[i] = part_ctx;
+    g.outs[i] = learner->encode_classes(part_ctx, ranges[i].first, ranges[i].second);
   });
   return g;
+}
+
+// Text features of all classes without graphs, learner->chunk classes per pass.
+torch::Tensor encode_in_chunks(PromptLearnerImpl* learner, const torch::Tensor& ctx) {
+  const int64_t c = learner->num_classes(), step = learner->chunk > 0 ? learner->chunk : c;
+  std::vector<torch::Tensor> parts;
+  for (int64_t s = 0; s < c; s += step) {
+    auto chunk = encode_parts(learner, ctx, s, std::min(step, c - s), false).outs;
+    parts.insert(parts.end(), chunk.begin(), chunk.end());
+  }
+  return torch::cat(parts, 0);
 }
 
 // The gradient to ctx of <grad, features of the ranges>, the ranges again one per thread.
@@ -231,7 +230,7 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
     actx->saved_data["learner"] = reinterpret_cast<int64_t>(learner);
     const int64_t c = learner->num_classes();
     if (learner->chunk <= 0 || learner->chunk >= c) {
-      Graphs g = encode_with_graphs(learner, ctx, 0, c);
+      Graphs g = encode_parts(learner, ctx, 0, c, true);
       actx->saved_data["leaves"] = g.leaves;
       actx->saved_data["outs"] = g.outs;
       std::vector<torch::Tensor> detached;
@@ -252,7 +251,7 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
     const int64_t c = learner->num_classes();
     for (int64_t s = 0; s < c; s += learner->chunk) {
       const int64_t n = std::min(learner->chunk, c - s);
-      grad += backward_graphs(encode_with_graphs(learner, ctx, s, n), grad_out[0], s, ctx, false);
+      grad += backward_graphs(encode_parts(learner, ctx, s, n, true), grad_out[0], s, ctx, false);
     }
     return {grad, torch::Tensor()};
   }
@@ -262,9 +261,7 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
 
 torch::Tensor PromptLearnerImpl::text_features(const torch::Tensor& ctx_in) {
   auto ctx = ctx_in.defined() ? ctx_in : ctx_;
-  const int64_t c = num_classes();
   if (torch::GradMode::is_enabled() && ctx.requires_grad()) return TextFeatures::apply(ctx, this);
-  if (chunk <= 0 || chunk >= c) return encode_classes(ctx, 0, c);
   return encode_in_chunks(this, ctx);
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <thread>
 
 #include <vlmadapt/vlmadapt.h>
 
@@ -219,6 +220,17 @@ TEST(Clip, FusedInferenceEqualsModulePath) {
     }
   }
   torch::set_num_threads(2);
+}
+
+TEST(Clip, ParallelPartsRunOnEveryThread) {
+  // at::parallel_for runs in turn when its caller is compiled without OpenMP; the text
+  // parts go through parallel_parts so that they really run at once.
+  torch::set_num_threads(2);
+  std::vector<std::thread::id> ids(2);
+  vlmadapt::detail::parallel_parts(2, [&](int64_t i) { ids[i] = std::this_thread::get_id(); });
+  EXPECT_NE(ids[0], ids[1]);
+  // And an exception in a part reaches the caller.
+  EXPECT_THROW(vlmadapt::detail::parallel_parts(2, [](int64_t i) { if (i == 1) throw Error("part 1"); }), Error);
 }
 
 TEST(Clip, FusedInferenceOnRealWeights) {

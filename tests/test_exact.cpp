@@ -87,6 +87,7 @@ TEST(Exact, PrefixedTextEqualsWholePrompts) {
   EXPECT_LT(rel_diff(g1[1], g2[1]), 1e-4);
   // An end token inside the prefix cannot be served from it.
   EXPECT_THROW(clip->encode_text_prefixed(prefix, suffixes, eot - 3), Error);
+  EXPECT_THROW(clip->encode_text_prefixed(prefix, suffixes, eot + 1), Error);  // 15: past the suffixes
 }
 
 TEST(Exact, TextFeaturesAndGradientsEqualTheReferencePrompts) {
