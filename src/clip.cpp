@@ -239,7 +239,7 @@ torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const 
   // Each suffix up to its end token, packed: [R,D] rows, R the sum of the lengths.
   const auto lengths = positions - p + 1;
   const auto valid = torch::arange(len, positions.options()).unsqueeze(0) < lengths.unsqueeze(1);  // [N,len]
-  const detail::SuffixRows rows{torch::nonzero(valid.reshape(-1)).select(1, 0), n, len};
+  const detail::SuffixRows rows{torch::nonzero(valid.reshape(-1)).select(1, 0), lengths, n, len};
   auto mask = torch::full({p + len, p + len}, -std::numeric_limits<float>::infinity(), x_s.options()).triu(1);
   auto ends = lengths.cumsum(0) - 1;
   auto pooled = transformer_->forward_prefixed(x_p, x_s.reshape({n * len, w}).index_select(0, rows.slot), mask, rows, ends);

@@ -152,6 +152,17 @@ torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, b
 
 torch::Tensor Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
                                            const SuffixRows& rows, const torch::Tensor& ends) {
+  if (can_fuse(x_p, mask) && can_fuse(x_s.unsqueeze(0), mask)) {
+    auto prefix = x_p.contiguous().clone(), packed = x_s.contiguous().clone();  // updated in place
+    auto out = torch::empty({rows.count, fused_.width}, x_s.options());
+    const auto lengths = rows.lengths.to(torch::kCPU).contiguous();
+    FusedTower tower = fused_;
+    for (const auto& block : blocks_) tower.blocks.push_back(block->fused_weights());
+    fused_forward_prefixed(tower, prefix.data_ptr<float>(), prefix.size(1), packed.data_ptr<float>(),
+                           std::vector<int64_t>(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + rows.count),
+                           out.data_ptr<float>());
+    return out;
+  }
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const bool last = b + 1 == blocks_.size();
     std::tie(x_p, x_s) = blocks_[b]->forward_prefixed(x_p, x_s, mask, rows, last ? ends : torch::Tensor());

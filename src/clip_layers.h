@@ -13,7 +13,8 @@ namespace vlmadapt::detail {
 // position slot[r] % length of suffix slot[r] / length. Rows after a suffix's end token
 // cannot reach its feature (causal mask), so they are not computed at all.
 struct SuffixRows {
-  torch::Tensor slot;  // [R] int64, increasing
+  torch::Tensor slot;     // [R] int64, increasing
+  torch::Tensor lengths;  // [count] int64, rows of each suffix
   int64_t count = 0, length = 0;
 };
 
@@ -86,7 +87,7 @@ class Transformer : public torch::nn::Module {
   // Causal sequences sharing their first p tokens: the prefix [1,p,D] runs once, not once
   // per sequence (under the causal mask it cannot see what follows it), and each packed
   // suffix row [R,D] attends to it. Returns the last block's output at the packed rows
-  // `ends` (each suffix's end token).
+  // `ends` (each suffix's end token). Without autograd it runs fused, like forward().
   torch::Tensor forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
                                  const SuffixRows& rows, const torch::Tensor& ends);
   size_t size() const { return blocks_.size(); }

@@ -167,42 +167,138 @@ float* sized(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
+// The rest of a block once attention is done: x += out_proj(attn); x += mlp(ln_2(x)), over
+// n rows of x (row stride ldx) and attn (row stride lda).
+void finish_rows(const FusedTower& t, const FusedBlock& w, float* x, int64_t n, int64_t ldx, const float* attn,
+                 int64_t lda) {
+  const int64_t d = t.width;
+  Scratch& s = scratch();
+  float* y = sized(s.y, n * d);
+  float* hidden = sized(s.hidden, n * 4 * d);
+  add_bias(x, n, ldx, d, w.out_b);
+  gemm(n, d, d, 1.0f, attn, lda, w.out_w, d, true, 1.0f, x, ldx);
+  layer_norm_rows(x, n, ldx, d, w.ln_2_w, w.ln_2_b, t.eps, y);
+  gemm(n, 4 * d, d, 1.0f, y, d, w.fc_w, d, true, 0.0f, hidden, 4 * d);
+  (t.quick_gelu ? bias_quick_gelu : bias_gelu)(hidden, n, 4 * d, w.fc_b);
+  add_bias(x, n, ldx, d, w.proj_b);
+  gemm(n, d, 4 * d, 1.0f, hidden, 4 * d, w.proj_w, 4 * d, true, 1.0f, x, ldx);
+}
+
+// Attention for token 0 alone of each sequence, from y = ln_1(x) [count, l, d], into row 0
+// of each sequence in attn. Only one query per sequence, so the keys and values are never
+// formed: q·(W_k y_j + b_k) = (W_kᵀ q)·y_j + q·b_k, whose last term is the same for every
+// j and cancels in the softmax; and Σ_j p_j (W_v y_j + b_v) = W_v (Σ_j p_j y_j) + b_v as
+// the p_j sum to 1. Per head that is two products with y instead of projecting every row.
+void first_token_attention(const FusedTower& t, const FusedBlock& w, const float* y, int64_t count, int64_t l,
+                           const float* mask, float* attn) {
+  const int64_t d = t.width, hd = d / t.heads, H = t.heads;
+  Scratch& s = scratch();
+  float* q = sized(s.qkv, d + 2 * H * d);
+  float* u = q + d;      // [H, d]: scale W_k,hᵀ q_h per head
+  float* z = u + H * d;  // [H, d]: Σ_j p_hj y_j per head
+  float* p = sized(s.scores, H * l);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int64_t i = 0; i < count; ++i) {
+    const float* yi = y + i * l * d;
+    float* out = attn + i * l * d;
+    std::memcpy(q, w.in_b, sizeof(float) * d);
+    gemm(1, d, d, 1.0f, yi, d, w.in_w, d, true, 1.0f, q, d);
+    for (int64_t h = 0; h < H; ++h)
+      gemm(1, d, hd, scale, q + h * hd, hd, w.in_w + (d + h * hd) * d, d, false, 0.0f, u + h * d, d);
+    gemm(H, l, d, 1.0f, u, d, yi, d, true, 0.0f, p, l);
+    for (int64_t h = 0; h < H; ++h) softmax_rows(p + h * l, 1, l, mask);
+    gemm(H, d, l, 1.0f, p, l, yi, d, false, 0.0f, z, d);
+    std::memcpy(out, w.in_b + 2 * d, sizeof(float) * d);
+    for (int64_t h = 0; h < H; ++h)
+      gemm(1, hd, d, 1.0f, z + h * d, d, w.in_w + (2 * d + h * hd) * d, d, true, 1.0f, out + h * hd, d);
+  }
+}
+
 // x: `count` sequences of length l, [count, l, d], updated in place.
 void block_forward(const FusedTower& t, const FusedBlock& w, float* x, int64_t count, int64_t l, const float* mask,
                    bool first_token_only) {
   const int64_t d = t.width, hd = d / t.heads, rows = count * l;
   Scratch& s = scratch();
   float* y = sized(s.y, rows * d);
+  float* attn = sized(s.attn, rows * d);
+  layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
+  if (first_token_only) {
+    first_token_attention(t, w, y, count, l, mask, attn);
+  } else {
+    float* qkv = sized(s.qkv, rows * 3 * d);
+    float* scores = sized(s.scores, l * l);
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
+    gemm(rows, 3 * d, d, 1.0f, y, d, w.in_w, d, true, 1.0f, qkv, 3 * d);
+    // Attention per sequence and head, reading q, k, v in place from the packed rows.
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    for (int64_t i = 0; i < count; ++i)
+      for (int64_t h = 0; h < t.heads; ++h) {
+        const float* q = qkv + i * l * 3 * d + h * hd;
+        gemm(l, l, hd, scale, q, 3 * d, q + d, 3 * d, true, 0.0f, scores, l);
+        softmax_rows(scores, l, l, mask);
+        gemm(l, hd, l, 1.0f, scores, l, q + 2 * d, 3 * d, false, 0.0f, attn + i * l * d + h * hd, d);
+      }
+  }
+
+  // With first_token_only, only row 0 of each sequence goes on: a stride of l rows.
+  if (first_token_only) return finish_rows(t, w, x, count, l * d, attn, l * d);
+  finish_rows(t, w, x, rows, d, attn, d);
+}
+
+// One query row q [hd] against the prefix's p keys, then `own` keys of its sequence (the
+// values follow each key at +d in the packed q, k, v rows of stride ld), into out [hd].
+// The text prompts' suffixes are a few rows each: plain loops, where a BLAS call per head
+// and prompt would cost more in overhead than the arithmetic.
+VLMADAPT_VECTOR_CLONES
+void attend_row(const float* q, const float* k_prefix, int64_t p, const float* k_own, int64_t own, int64_t ld,
+                int64_t hd, float scale, float* scores, float* out) {
+  const int64_t d = ld / 3, n = p + own;
+  for (int64_t c = 0; c < n; ++c) {
+    const float* k = c < p ? k_prefix + c * ld : k_own + (c - p) * ld;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t e = 0; e < hd; ++e) dot += q[e] * k[e];
+    scores[c] = dot * scale;
+  }
+  softmax_rows(scores, 1, n, nullptr);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t c = 0; c < n; ++c) {
+    const float* v = (c < p ? k_prefix + c * ld : k_own + (c - p) * ld) + d;
+    const float pc = scores[c];
+#pragma omp simd
+    for (int64_t e = 0; e < hd; ++e) out[e] += pc * v[e];
+  }
+}
+
+// Causal sequences after a shared prefix whose q, k, v rows are qkv_p [p, 3d]: `n` packed
+// sequences of lengths len[0..n) in x, updated in place. With `last`, only each sequence's
+// final row is finished, written to out [n, d].
+void suffix_block(const FusedTower& t, const FusedBlock& w, const float* qkv_p, int64_t p, float* x,
+                  const int64_t* len, int64_t n, bool last, float* out) {
+  const int64_t d = t.width, hd = d / t.heads;
+  int64_t rows = 0, longest = 0;
+  for (int64_t i = 0; i < n; ++i) rows += len[i], longest = std::max(longest, len[i]);
+  Scratch& s = scratch();
+  float* y = sized(s.y, rows * d);
   float* qkv = sized(s.qkv, rows * 3 * d);
   float* attn = sized(s.attn, rows * d);
-  float* scores = sized(s.scores, l * l);
-
+  float* scores = sized(s.scores, p + longest);
   layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
   for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
   gemm(rows, 3 * d, d, 1.0f, y, d, w.in_w, d, true, 1.0f, qkv, 3 * d);
-
-  // Attention per sequence and head, reading q, k, v in place from the packed rows.
-  const int64_t queries = first_token_only ? 1 : l;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (int64_t i = 0; i < count; ++i)
-    for (int64_t h = 0; h < t.heads; ++h) {
-      const float* q = qkv + i * l * 3 * d + h * hd;
-      gemm(queries, l, hd, scale, q, 3 * d, q + d, 3 * d, true, 0.0f, scores, l);
-      softmax_rows(scores, queries, l, mask);
-      gemm(queries, hd, l, 1.0f, scores, l, q + 2 * d, 3 * d, false, 0.0f, attn + i * l * d + h * hd, d);
-    }
-
-  // With first_token_only, only row 0 of each sequence goes on: a stride of l rows.
-  const int64_t out_rows = first_token_only ? count : rows, step = first_token_only ? l * d : d;
-  add_bias(x, out_rows, step, d, w.out_b);
-  gemm(out_rows, d, d, 1.0f, attn, step, w.out_w, d, true, 1.0f, x, step);
-
-  float* hidden = sized(s.hidden, out_rows * 4 * d);
-  layer_norm_rows(x, out_rows, step, d, w.ln_2_w, w.ln_2_b, t.eps, y);
-  gemm(out_rows, 4 * d, d, 1.0f, y, d, w.fc_w, d, true, 0.0f, hidden, 4 * d);
-  (t.quick_gelu ? bias_quick_gelu : bias_gelu)(hidden, out_rows, 4 * d, w.fc_b);
-  add_bias(x, out_rows, step, d, w.proj_b);
-  gemm(out_rows, d, 4 * d, 1.0f, hidden, 4 * d, w.proj_w, 4 * d, true, 1.0f, x, step);
+  for (int64_t i = 0, row = 0; i < n; row += len[i], ++i) {
+    const float* own = qkv + row * 3 * d;  // this sequence's q, k, v rows
+    float* a = last ? attn + i * d : attn + row * d;
+    for (int64_t j = last ? len[i] - 1 : 0; j < len[i]; ++j, a += last ? 0 : d)
+      for (int64_t h = 0; h < t.heads; ++h)
+        attend_row(own + j * 3 * d + h * hd, qkv_p + d + h * hd, p, own + d + h * hd, j + 1, 3 * d, hd, scale, scores,
+                   a + h * hd);
+  }
+  if (!last) return finish_rows(t, w, x, rows, d, attn, d);
+  for (int64_t i = 0, row = 0; i < n; row += len[i], ++i)
+    std::memcpy(out + i * d, x + (row + len[i] - 1) * d, sizeof(float) * d);
+  finish_rows(t, w, out, n, d, attn, d);
 }
 
 }  // namespace
@@ -240,6 +336,39 @@ void fused_forward(const FusedTower& t, float* x, int64_t n, int64_t l, const fl
         block_forward(t, t.blocks[b], x + first * stride, count, l, mask, first_token_only && last);
       }
     });
+  }
+}
+
+void fused_forward_prefixed(const FusedTower& t, float* prefix, int64_t p, float* rows,
+                            const std::vector<int64_t>& lengths, float* out) {
+  const int64_t n = static_cast<int64_t>(lengths.size()), d = t.width;
+  if (n == 0 || t.blocks.empty()) return;
+  SingleThreadedBlas single;
+  // Groups of whole sequences of about equal rows, at least one per thread.
+  int64_t total = 0;
+  for (auto l : lengths) total += l;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t target = std::min(kGroupRows, (total + threads - 1) / threads);
+  std::vector<int64_t> first_seq{0}, first_row{0};
+  for (int64_t i = 0, rows = 0; i < n; ++i) {
+    rows += lengths[i];
+    if (rows >= target || i + 1 == n) first_seq.push_back(i + 1), first_row.push_back(first_row.back() + rows), rows = 0;
+  }
+  std::vector<float> causal(static_cast<size_t>(p * p), 0.0f), qkv_p(static_cast<size_t>(p * 3 * d)), y_p(p * d);
+  for (int64_t i = 0; i < p; ++i) std::fill(causal.begin() + i * p + i + 1, causal.begin() + (i + 1) * p, -INFINITY);
+  for (size_t b = 0; b < t.blocks.size(); ++b) {
+    const FusedBlock& w = t.blocks[b];
+    const bool last = b + 1 == t.blocks.size();
+    // The prefix's q, k, v at this block, which every suffix row attends to.
+    layer_norm_rows(prefix, p, d, d, w.ln_1_w, w.ln_1_b, t.eps, y_p.data());
+    for (int64_t r = 0; r < p; ++r) std::memcpy(qkv_p.data() + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
+    gemm(p, 3 * d, d, 1.0f, y_p.data(), d, w.in_w, d, true, 1.0f, qkv_p.data(), 3 * d);
+    at::parallel_for(0, static_cast<int64_t>(first_seq.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        suffix_block(t, w, qkv_p.data(), p, rows + first_row[g] * d, lengths.data() + first_seq[g],
+                     first_seq[g + 1] - first_seq[g], last, out + first_seq[g] * d);
+    });
+    if (!last) block_forward(t, w, prefix, 1, p, causal.data(), false);  // the prefix itself goes on
   }
 }
 

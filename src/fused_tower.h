@@ -12,8 +12,9 @@
 // written, and nothing synchronises between blocks.
 //
 // It is the same algebra as clip_layers.cpp in fp32 (the attention scale enters as the
-// product's alpha; QuickGELU is x / (1 + exp(-1.702 x))); test_clip checks both paths
-// against each other and the goldens.
+// product's alpha; QuickGELU is x / (1 + exp(-1.702 x)); a last block read only at token 0
+// never forms keys and values, see first_token_attention); test_clip and test_exact check
+// both paths against each other and the goldens.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -62,5 +63,13 @@ void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn);
 // sequence (all that a ViT's class-token pooling reads); the other rows are left stale.
 void fused_forward(const FusedTower& tower, float* x, int64_t n, int64_t l, const float* mask,
                    bool first_token_only);
+
+// Causal sequences that share their first p rows (CoOp's [SOT, ctx]): the prefix [p, width]
+// runs once per block and the other rows of every sequence attend to it. rows holds those
+// other rows packed, [sum of lengths, width], lengths[i] of them for sequence i. Both are
+// updated in place through every block but the last, which finishes only each sequence's
+// final row (its end token) into out [n, width].
+void fused_forward_prefixed(const FusedTower& tower, float* prefix, int64_t p, float* rows,
+                            const std::vector<int64_t>& lengths, float* out);
 
 }  // namespace vlmadapt::detail

@@ -90,6 +90,30 @@ TEST(Exact, PrefixedTextEqualsWholePrompts) {
   EXPECT_THROW(clip->encode_text_prefixed(prefix, suffixes, eot + 1), Error);  // 15: past the suffixes
 }
 
+TEST(Exact, PrefixedInferenceEqualsWholePrompts) {
+  // Without gradients the shared-prefix pass runs fused: one group, several groups (more
+  // than 1,600 rows) and one group per thread.
+  Clip& clip = tiny();
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(2);
+  const int64_t w = clip->text_width(), p = 5, s = 9;
+  for (int64_t n : {7, 400}) {
+    auto prefix = torch::randn({p, w}) * 0.3;
+    auto suffixes = torch::randn({n, s, w}) * 0.3;
+    auto eot = torch::randint(p, p + s, {n}, torch::kLong);
+    auto whole = straightforward([&] {
+      return clip->encode_text_embeddings(torch::cat({prefix.unsqueeze(0).expand({n, -1, -1}), suffixes}, 1), eot);
+    });
+    for (int threads : {1, 2}) {
+      torch::set_num_threads(threads);
+      EXPECT_LT(rel_diff(clip->encode_text_prefixed(prefix, suffixes, eot), whole), 1e-5) << n << " prompts";
+    }
+    EXPECT_LT(rel_diff(straightforward([&] { return clip->encode_text_prefixed(prefix, suffixes, eot); }), whole),
+              1e-5);
+  }
+  torch::set_num_threads(2);
+}
+
 TEST(Exact, TextFeaturesAndGradientsEqualTheReferencePrompts) {
   Clip& clip = tiny();
   for (int64_t chunk : {0, 4}) {  // graphs kept, or chunks encoded again in backward
