@@ -68,6 +68,12 @@ TEST(Run, CoopEndToEnd) {
   // a finished run is skipped unless forced
   ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "coop", "[coop]\nn_ctx = 4\n")}, &out), 0);
   EXPECT_NE(out.find("skipping"), std::string::npos) << out;
+  // ... but not under another recipe: its numbers would be reported as this one's.
+  std::string err;
+  EXPECT_NE(cli({"train", "--recipe", recipe(dir, "coop", "[coop]\nn_ctx = 4\n"), "--set", "data.test_limit=50"}, &err),
+            0);
+  EXPECT_NE(err.find("data.test_limit = 500 there, 50 now"), std::string::npos) << err;
+  EXPECT_NE(err.find("force = true"), std::string::npos) << err;
   fs::remove_all(dir);
 }
 
