@@ -2,13 +2,13 @@
 # Side-by-side benchmarks: vlmadapt bench and the Python yardstick (../shared/bench/perf_py.py,
 # Debian's python3-torch) on the same tasks, run alternately, one JSON line each; then the
 # vlmadapt-only measurements (1000-class TPT memory, the cached-feature epoch).
-# Usage: scripts/bench.sh [OUT.jsonl]      (THREADS=2 REPS=3 TPT_REPS=1 by default)
+# Usage: scripts/bench.sh [OUT.jsonl]      (THREADS=2 REPS=3 TPT_REPS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench.jsonl}
 THREADS=${THREADS:-2}
 REPS=${REPS:-3}
-TPT_REPS=${TPT_REPS:-1}
+TPT_REPS=${TPT_REPS:-3}
 PY=${PY:-/usr/bin/python3}
 YARDSTICK=${YARDSTICK:-../shared/bench/perf_py.py}
 VLM=build/bin/vlmadapt
