@@ -227,10 +227,11 @@ torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const 
   const int64_t n = suffixes.size(0);
   if (n == 0) return torch::zeros({0, config_.embed_dim}, suffixes.options());
   auto positions = eot.to(torch::kLong);
-  if (positions.min().item<int64_t>() < p || positions.max().item<int64_t>() >= p + suffixes.size(1))
+  const int64_t last_end = positions.max().item<int64_t>();
+  if (positions.min().item<int64_t>() < p || last_end >= p + suffixes.size(1))
     throw Error("encode_text_prefixed: every end token must lie in the suffix, after the " + std::to_string(p) +
                 "-token prefix and before " + std::to_string(p + suffixes.size(1)));
-  const int64_t len = positions.max().item<int64_t>() + 1 - p;
+  const int64_t len = last_end + 1 - p;
   auto x_p = (prefix + positional_embedding_.narrow(0, 0, p).to(prefix.scalar_type())).unsqueeze(0);
   // Both parts in the prefix's dtype (a learned fp32 context with fp16 token embeddings
   // gives fp32 throughout, as the concatenated prompt would).
@@ -239,10 +240,9 @@ torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const 
   // Each suffix up to its end token, packed: [R,D] rows, R the sum of the lengths.
   const auto lengths = positions - p + 1;
   const auto valid = torch::arange(len, positions.options()).unsqueeze(0) < lengths.unsqueeze(1);  // [N,len]
-  const detail::SuffixRows rows{torch::nonzero(valid.reshape(-1)).select(1, 0), lengths, n, len};
+  const detail::SuffixRows rows{torch::nonzero(valid.reshape(-1)).select(1, 0), lengths, len};
   auto mask = torch::full({p + len, p + len}, -std::numeric_limits<float>::infinity(), x_s.options()).triu(1);
-  auto ends = lengths.cumsum(0) - 1;
-  auto pooled = transformer_->forward_prefixed(x_p, x_s.reshape({n * len, w}).index_select(0, rows.slot), mask, rows, ends);
+  auto pooled = transformer_->forward_prefixed(x_p, x_s.reshape({n * len, w}).index_select(0, rows.slot), mask, rows);
   return torch::matmul(detail::layer_norm(ln_final_, pooled), text_projection_.to(pooled.scalar_type()));
 }
 

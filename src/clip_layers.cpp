@@ -38,7 +38,7 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const to
                                                                         const torch::Tensor& mask,
                                                                         const SuffixRows& rows,
                                                                         const torch::Tensor& out_slot) {
-  const int64_t c = rows.count, s = rows.length, p = y_p.size(1), d = y_s.size(-1), hd = d / heads_;
+  const int64_t c = rows.lengths.size(0), s = rows.length, p = y_p.size(1), d = y_s.size(-1), hd = d / heads_;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   auto heads = [&](const torch::Tensor& qkv, int64_t n, int64_t l) {  // [n*l,3D] -> [3,n,H,l,hd]
     return qkv.view({n, l, 3, heads_, hd}).permute({2, 0, 3, 1, 4});
@@ -122,14 +122,15 @@ namespace {
 std::atomic<bool> fused_enabled{true};
 }  // namespace
 
-bool Transformer::can_fuse(const torch::Tensor& x, const torch::Tensor& mask) {
-  if (!fused_enabled || !fused_available() || blocks_.empty() || !x.device().is_cpu() ||
-      x.scalar_type() != torch::kFloat || x.dim() != 3 || x.size(2) != fused_.width)
-    return false;
+bool Transformer::can_fuse(std::initializer_list<torch::Tensor> inputs, const torch::Tensor& mask) {
+  if (!fused_enabled || !fused_available() || blocks_.empty()) return false;
   if (mask.defined() && (mask.scalar_type() != torch::kFloat || !mask.device().is_cpu() || mask.dim() != 2))
     return false;
   const bool grad = torch::GradMode::is_enabled();
-  if (grad && x.requires_grad()) return false;
+  for (const auto& x : inputs)
+    if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.size(-1) != fused_.width ||
+        (grad && x.requires_grad()))
+      return false;
   for (const auto& p : parameters())
     if ((grad && p.requires_grad()) || p.scalar_type() != torch::kFloat || !p.device().is_cpu() || !p.is_contiguous())
       return false;
@@ -137,7 +138,7 @@ bool Transformer::can_fuse(const torch::Tensor& x, const torch::Tensor& mask) {
 }
 
 torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, bool first_token_only) {
-  if (can_fuse(x, mask)) {
+  if (x.dim() == 3 && can_fuse({x}, mask)) {
     auto out = x.contiguous().clone();  // updated in place; the caller's tensor is left alone
     auto m = mask.defined() ? mask.contiguous() : mask;
     FusedTower tower = fused_;  // per call: the tower may run on several threads at once
@@ -151,18 +152,19 @@ torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, b
 }
 
 torch::Tensor Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
-                                           const SuffixRows& rows, const torch::Tensor& ends) {
-  if (can_fuse(x_p, mask) && can_fuse(x_s.unsqueeze(0), mask)) {
+                                           const SuffixRows& rows) {
+  if (can_fuse({x_p, x_s}, mask)) {
     auto prefix = x_p.contiguous().clone(), packed = x_s.contiguous().clone();  // updated in place
-    auto out = torch::empty({rows.count, fused_.width}, x_s.options());
     const auto lengths = rows.lengths.to(torch::kCPU).contiguous();
+    std::vector<int64_t> per_suffix(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + lengths.numel());
+    auto out = torch::empty({lengths.numel(), fused_.width}, x_s.options());
     FusedTower tower = fused_;
     for (const auto& block : blocks_) tower.blocks.push_back(block->fused_weights());
-    fused_forward_prefixed(tower, prefix.data_ptr<float>(), prefix.size(1), packed.data_ptr<float>(),
-                           std::vector<int64_t>(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + rows.count),
+    fused_forward_prefixed(tower, prefix.data_ptr<float>(), prefix.size(1), packed.data_ptr<float>(), per_suffix,
                            out.data_ptr<float>());
     return out;
   }
+  const auto ends = rows.lengths.cumsum(0) - 1;  // each suffix's last packed row
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const bool last = b + 1 == blocks_.size();
     std::tie(x_p, x_s) = blocks_[b]->forward_prefixed(x_p, x_s, mask, rows, last ? ends : torch::Tensor());

@@ -15,7 +15,7 @@ namespace vlmadapt::detail {
 struct SuffixRows {
   torch::Tensor slot;     // [R] int64, increasing
   torch::Tensor lengths;  // [count] int64, rows of each suffix
-  int64_t count = 0, length = 0;
+  int64_t length = 0;     // the longest suffix (the padded layout's row count per suffix)
 };
 
 // Pre-LN layer norm that computes in fp32 and casts back, as the reference does for fp16.
@@ -86,12 +86,13 @@ class Transformer : public torch::nn::Module {
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask = {}, bool first_token_only = false);
   // Causal sequences sharing their first p tokens: the prefix [1,p,D] runs once, not once
   // per sequence (under the causal mask it cannot see what follows it), and each packed
-  // suffix row [R,D] attends to it. Returns the last block's output at the packed rows
-  // `ends` (each suffix's end token). Without autograd it runs fused, like forward().
+  // suffix row [R,D] attends to it. Returns the last block's output at each suffix's last
+  // row (its end token), [count,D]. Without autograd it runs fused, like forward().
   torch::Tensor forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
-                                 const SuffixRows& rows, const torch::Tensor& ends);
+                                 const SuffixRows& rows);
   size_t size() const { return blocks_.size(); }
-  bool can_fuse(const torch::Tensor& x, const torch::Tensor& mask);
+  // Whether the fused pass can run on these inputs (rows of width features) and mask.
+  bool can_fuse(std::initializer_list<torch::Tensor> inputs, const torch::Tensor& mask);
 
   std::vector<ResidualAttentionBlock> blocks_;
   FusedTower fused_;  // shape and activation, without blocks: their weights are taken per call

@@ -167,6 +167,14 @@ float* sized(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
+// y = ln_1(x) and the packed q, k, v rows [rows, 3d] of `rows` rows of x.
+void project_qkv(const FusedTower& t, const FusedBlock& w, const float* x, int64_t rows, float* y, float* qkv) {
+  const int64_t d = t.width;
+  layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
+  gemm(rows, 3 * d, d, 1.0f, y, d, w.in_w, d, true, 1.0f, qkv, 3 * d);
+}
+
 // The rest of a block once attention is done: x += out_proj(attn); x += mlp(ln_2(x)), over
 // n rows of x (row stride ldx) and attn (row stride lda).
 void finish_rows(const FusedTower& t, const FusedBlock& w, float* x, int64_t n, int64_t ldx, const float* attn,
@@ -221,27 +229,24 @@ void block_forward(const FusedTower& t, const FusedBlock& w, float* x, int64_t c
   Scratch& s = scratch();
   float* y = sized(s.y, rows * d);
   float* attn = sized(s.attn, rows * d);
-  layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
   if (first_token_only) {
+    // Only row 0 of each sequence goes on: a stride of l rows.
+    layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
     first_token_attention(t, w, y, count, l, mask, attn);
-  } else {
-    float* qkv = sized(s.qkv, rows * 3 * d);
-    float* scores = sized(s.scores, l * l);
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
-    gemm(rows, 3 * d, d, 1.0f, y, d, w.in_w, d, true, 1.0f, qkv, 3 * d);
-    // Attention per sequence and head, reading q, k, v in place from the packed rows.
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    for (int64_t i = 0; i < count; ++i)
-      for (int64_t h = 0; h < t.heads; ++h) {
-        const float* q = qkv + i * l * 3 * d + h * hd;
-        gemm(l, l, hd, scale, q, 3 * d, q + d, 3 * d, true, 0.0f, scores, l);
-        softmax_rows(scores, l, l, mask);
-        gemm(l, hd, l, 1.0f, scores, l, q + 2 * d, 3 * d, false, 0.0f, attn + i * l * d + h * hd, d);
-      }
+    return finish_rows(t, w, x, count, l * d, attn, l * d);
   }
-
-  // With first_token_only, only row 0 of each sequence goes on: a stride of l rows.
-  if (first_token_only) return finish_rows(t, w, x, count, l * d, attn, l * d);
+  float* qkv = sized(s.qkv, rows * 3 * d);
+  float* scores = sized(s.scores, l * l);
+  project_qkv(t, w, x, rows, y, qkv);
+  // Attention per sequence and head, reading q, k, v in place from the packed rows.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int64_t i = 0; i < count; ++i)
+    for (int64_t h = 0; h < t.heads; ++h) {
+      const float* q = qkv + i * l * 3 * d + h * hd;
+      gemm(l, l, hd, scale, q, 3 * d, q + d, 3 * d, true, 0.0f, scores, l);
+      softmax_rows(scores, l, l, mask);
+      gemm(l, hd, l, 1.0f, scores, l, q + 2 * d, 3 * d, false, 0.0f, attn + i * l * d + h * hd, d);
+    }
   finish_rows(t, w, x, rows, d, attn, d);
 }
 
@@ -283,9 +288,7 @@ void suffix_block(const FusedTower& t, const FusedBlock& w, const float* qkv_p, 
   float* qkv = sized(s.qkv, rows * 3 * d);
   float* attn = sized(s.attn, rows * d);
   float* scores = sized(s.scores, p + longest);
-  layer_norm_rows(x, rows, d, d, w.ln_1_w, w.ln_1_b, t.eps, y);
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
-  gemm(rows, 3 * d, d, 1.0f, y, d, w.in_w, d, true, 1.0f, qkv, 3 * d);
+  project_qkv(t, w, x, rows, y, qkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   for (int64_t i = 0, row = 0; i < n; row += len[i], ++i) {
     const float* own = qkv + row * 3 * d;  // this sequence's q, k, v rows
@@ -330,11 +333,9 @@ void fused_forward(const FusedTower& t, float* x, int64_t n, int64_t l, const fl
   const int64_t groups = (n + per_group - 1) / per_group, stride = l * t.width;
   for (size_t b = 0; b < t.blocks.size(); ++b) {
     const bool last = b + 1 == t.blocks.size();
-    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        const int64_t first = g * per_group, count = std::min(per_group, n - first);
-        block_forward(t, t.blocks[b], x + first * stride, count, l, mask, first_token_only && last);
-      }
+    parallel_parts(groups, [&](int64_t g) {
+      const int64_t first = g * per_group, count = std::min(per_group, n - first);
+      block_forward(t, t.blocks[b], x + first * stride, count, l, mask, first_token_only && last);
     });
   }
 }
@@ -350,25 +351,33 @@ void fused_forward_prefixed(const FusedTower& t, float* prefix, int64_t p, float
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t target = std::min(kGroupRows, (total + threads - 1) / threads);
   std::vector<int64_t> first_seq{0}, first_row{0};
-  for (int64_t i = 0, rows = 0; i < n; ++i) {
-    rows += lengths[i];
-    if (rows >= target || i + 1 == n) first_seq.push_back(i + 1), first_row.push_back(first_row.back() + rows), rows = 0;
+  for (int64_t i = 0, group_rows = 0; i < n; ++i) {
+    group_rows += lengths[i];
+    if (group_rows >= target || i + 1 == n) {
+      first_seq.push_back(i + 1);
+      first_row.push_back(first_row.back() + group_rows);
+      group_rows = 0;
+    }
   }
-  std::vector<float> causal(static_cast<size_t>(p * p), 0.0f), qkv_p(static_cast<size_t>(p * 3 * d)), y_p(p * d);
-  for (int64_t i = 0; i < p; ++i) std::fill(causal.begin() + i * p + i + 1, causal.begin() + (i + 1) * p, -INFINITY);
+  const int64_t hd = d / t.heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> y_p(p * d), qkv_p(p * 3 * d), attn_p(p * d), scores(p);
   for (size_t b = 0; b < t.blocks.size(); ++b) {
     const FusedBlock& w = t.blocks[b];
     const bool last = b + 1 == t.blocks.size();
     // The prefix's q, k, v at this block, which every suffix row attends to.
-    layer_norm_rows(prefix, p, d, d, w.ln_1_w, w.ln_1_b, t.eps, y_p.data());
-    for (int64_t r = 0; r < p; ++r) std::memcpy(qkv_p.data() + r * 3 * d, w.in_b, sizeof(float) * 3 * d);
-    gemm(p, 3 * d, d, 1.0f, y_p.data(), d, w.in_w, d, true, 1.0f, qkv_p.data(), 3 * d);
-    at::parallel_for(0, static_cast<int64_t>(first_seq.size()) - 1, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g)
-        suffix_block(t, w, qkv_p.data(), p, rows + first_row[g] * d, lengths.data() + first_seq[g],
-                     first_seq[g + 1] - first_seq[g], last, out + first_seq[g] * d);
+    project_qkv(t, w, prefix, p, y_p.data(), qkv_p.data());
+    parallel_parts(static_cast<int64_t>(first_seq.size()) - 1, [&](int64_t g) {
+      suffix_block(t, w, qkv_p.data(), p, rows + first_row[g] * d, lengths.data() + first_seq[g],
+                   first_seq[g + 1] - first_seq[g], last, out + first_seq[g] * d);
     });
-    if (!last) block_forward(t, w, prefix, 1, p, causal.data(), false);  // the prefix itself goes on
+    if (last) break;
+    // The prefix itself goes on: row j attends causally to prefix rows 0..j.
+    for (int64_t j = 0; j < p; ++j)
+      for (int64_t h = 0; h < t.heads; ++h)
+        attend_row(qkv_p.data() + j * 3 * d + h * hd, qkv_p.data() + d + h * hd, j + 1, nullptr, 0, 3 * d, hd, scale,
+                   scores.data(), attn_p.data() + j * d + h * hd);
+    finish_rows(t, w, prefix, p, d, attn_p.data(), d);
   }
 }
 

@@ -161,14 +161,13 @@ std::vector<std::pair<int64_t, int64_t>> split_classes(int64_t start, int64_t n,
 }
 
 // Each range's text features and, with graphs, its own leaf copy of ctx and the autograd
-// graph between. On the CPU the ranges run at once, one per thread, with single-threaded
-// operations: the prompts are many small products that no single operation spreads well
-// over the cores.
+// graph between.
 struct Graphs {
   std::vector<torch::Tensor> leaves, outs;
 };
 
 // fn(i) for i in [0, n): on the CPU one per thread with single-threaded BLAS, else in turn.
+// The prompts are many small products that no single operation spreads well over the cores.
 void run_parts(bool cpu, int64_t n, const std::function<void(int64_t)>& fn) {
   if (cpu) return detail::parallel_parts(n, fn);
   for (int64_t i = 0; i < n; ++i) fn(i);

@@ -279,6 +279,19 @@ int TrainOptions::epochs_for(int shots, const std::string& dataset) const {
   return above == table.begin() ? above->second : std::prev(above)->second;
 }
 
+std::map<std::string, std::string> ini_values(const std::string& text, const std::string& where) {
+  namespace po = boost::program_options;
+  std::istringstream in(text);
+  std::map<std::string, std::string> out;
+  try {
+    for (const auto& option : po::parse_config_file(in, po::options_description(), true).options)
+      out[option.string_key] = option.value.empty() ? "" : option.value.front();
+  } catch (const po::error& e) {
+    throw Error(where + ": " + e.what());
+  }
+  return out;
+}
+
 std::string Recipe::to_ini() const {
   Recipe copy = *this;  // the tables bind to fields; to_ini is const
   Tables tables(copy);

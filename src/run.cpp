@@ -3,8 +3,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
-#include <map>
-#include <sstream>
 
 #include <vlmadapt/checkpoint.h>
 #include <vlmadapt/corruption.h>
@@ -139,32 +137,12 @@ json evaluate_splits(RunContext& c, const std::vector<std::string>& splits, std:
   return metrics;
 }
 
-// "section.key" -> value of a resolved recipe file.
-std::map<std::string, std::string> ini_values(const std::string& ini) {
-  std::map<std::string, std::string> out;
-  std::istringstream in(ini);
-  std::string section, line;
-  auto trim = [](std::string t) {
-    t.erase(0, t.find_first_not_of(" \t"));
-    t.erase(t.find_last_not_of(" \t\r") + 1);
-    return t;
-  };
-  while (std::getline(in, line)) {
-    line = trim(line);
-    if (line.empty() || line[0] == '#') continue;
-    if (line.front() == '[' && line.back() == ']') section = line.substr(1, line.size() - 2) + ".";
-    else if (auto eq = line.find('='); eq != std::string::npos)
-      out[section + trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
-  }
-  return out;
-}
-
 // A run folder holds one recipe's results: skipping or resuming it under another recipe
 // would report numbers the current recipe never produced.
 void require_same_recipe(const fs::path& dir, const Recipe& recipe) {
   const auto file = dir / "recipe.ini";
   if (!fs::exists(file)) return;
-  auto was = ini_values(read_file(file.string())), now = ini_values(recipe.to_ini());
+  auto was = ini_values(read_file(file.string()), file.string()), now = ini_values(recipe.to_ini(), "recipe");
   was.erase("force"), now.erase("force");
   std::string diff;
   int shown = 0;

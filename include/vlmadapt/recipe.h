@@ -88,5 +88,7 @@ struct Recipe {
 Recipe load_recipe(const std::vector<std::string>& files, const std::vector<std::string>& overrides = {});
 // The same from INI text (tests); `where` names it in errors.
 Recipe parse_recipe_text(const std::string& text, const std::string& where, Recipe base = {});
+// "section.key" -> value of every option in INI text, read as recipe files are.
+std::map<std::string, std::string> ini_values(const std::string& text, const std::string& where);
 
 }  // namespace vlmadapt
