@@ -12,6 +12,8 @@
 #include <vlmadapt/run.h>
 #include <vlmadapt/trainer.h>
 
+#include "fused_tower.h"
+
 namespace vlmadapt {
 namespace {
 
@@ -36,6 +38,14 @@ double vit_flops(const ClipConfig& c) {
   const double patches = 2 * grid * grid * 3 * c.vision_patch_size * c.vision_patch_size * w;
   const double per_layer = 24 * t * w * w + 4 * t * t * w;  // qkv, out, MLP; scores and mix
   return patches + layers * per_layer + 2 * w * c.embed_dim;
+}
+
+// Seconds of encode_image(x) with the fused blocks' matrix products alone (see
+// detail::MatrixProductsOnly): the floor that the BLAS sets for this tower and batch.
+double products_only_seconds(Clip clip, const torch::Tensor& x, int reps) {
+  detail::MatrixProductsOnly products_only;
+  torch::NoGradGuard no_grad;
+  return timed([&] { clip->encode_image(x); }, reps);
 }
 
 double matmul_gflops(int reps) {
@@ -77,6 +87,7 @@ nlohmann::json bench_encode(Clip clip, const BenchOptions& o) {
   nlohmann::json out = {{"images_per_s", static_cast<double>(o.batch) / t}};
   if (flops > 0) out["gflops"] = flops / t / 1e9;
   out["matmul_gflops"] = matmul_gflops(o.reps);
+  out["products_only_images_per_s"] = static_cast<double>(o.batch) / products_only_seconds(clip, x, o.reps);
   return out;
 }
 
@@ -124,7 +135,7 @@ nlohmann::json bench_tpt(Clip clip, const BenchOptions& o) {
   encode_seconds.erase(encode_seconds.begin());  // the warm-up call
   std::sort(encode_seconds.begin(), encode_seconds.end());
   return {{"seconds_per_image", t}, {"encode_seconds", encode_seconds[encode_seconds.size() / 2]},
-          {"prediction", predicted}};
+          {"encode_products_only_seconds", products_only_seconds(clip, views, o.reps)}, {"prediction", predicted}};
 }
 
 // One CoOp epoch through the real loop, online and from cached views. Times come from the

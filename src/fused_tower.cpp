@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -47,6 +48,11 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t 
   blas().sgemm(&tb, &ta, &M, &N, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
 }
 
+// Set by MatrixProductsOnly; read by the element-wise kernels on every thread.
+std::atomic<bool> products_only{false};
+
+bool skip_elementwise() { return products_only.load(std::memory_order_relaxed); }
+
 // ---- element-wise kernels, vectorised by the compiler ----------------------
 // Each has an AVX2+FMA clone and a baseline one, chosen when the library loads. The clone
 // is x86-64-v3, which GCC dispatches on the CPU's features; "arch=haswell" is dispatched
@@ -77,6 +83,7 @@ inline float exp_approx(float x) {
 VLMADAPT_VECTOR_CLONES
 void layer_norm_rows(const float* x, int64_t rows, int64_t ldx, int64_t d, const float* w, const float* b, float eps,
                      float* y) {
+  if (skip_elementwise()) return;
   for (int64_t i = 0; i < rows; ++i) {
     const float* xi = x + i * ldx;
     float* yi = y + i * d;
@@ -96,6 +103,7 @@ void layer_norm_rows(const float* x, int64_t rows, int64_t ldx, int64_t d, const
 // Row-wise softmax of s [rows, cols] in place, after adding mask rows when given.
 VLMADAPT_VECTOR_CLONES
 void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask) {
+  if (skip_elementwise()) return;
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * cols;
     if (mask) {
@@ -121,6 +129,7 @@ void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask) {
 // h = act(h + bias) over rows of width n.
 VLMADAPT_VECTOR_CLONES
 void bias_quick_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
+  if (skip_elementwise()) return;
   for (int64_t i = 0; i < rows; ++i) {
     float* hi = h + i * n;
 #pragma omp simd
@@ -132,6 +141,7 @@ void bias_quick_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
 }
 
 void bias_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
+  if (skip_elementwise()) return;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < n; ++j) {
       const float v = h[i * n + j] + bias[j];
@@ -141,6 +151,7 @@ void bias_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
 
 // Rows of c (row stride ldc) += bias.
 void add_bias(float* c, int64_t rows, int64_t ldc, int64_t n, const float* bias) {
+  if (skip_elementwise()) return;
   for (int64_t i = 0; i < rows; ++i)
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += bias[j];
@@ -315,6 +326,10 @@ SingleThreadedBlas::SingleThreadedBlas() : saved_(blas().get_threads ? blas().ge
 SingleThreadedBlas::~SingleThreadedBlas() {
   if (saved_ > 1) blas().set_threads(saved_);
 }
+
+MatrixProductsOnly::MatrixProductsOnly() { products_only = true; }
+
+MatrixProductsOnly::~MatrixProductsOnly() { products_only = false; }
 
 void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn) {
   SingleThreadedBlas single;

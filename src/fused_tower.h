@@ -53,6 +53,18 @@ class SingleThreadedBlas {
   int saved_;
 };
 
+// While it lives, the fused passes run their matrix products alone: layer norm, softmax,
+// the activation and the bias additions return at once, so the results are meaningless.
+// Only for `vlmadapt bench`, which times the image tower this way to show how near the
+// real pass is to the floor that the BLAS's products set on this machine.
+class MatrixProductsOnly {
+ public:
+  MatrixProductsOnly();
+  ~MatrixProductsOnly();
+  MatrixProductsOnly(const MatrixProductsOnly&) = delete;
+  MatrixProductsOnly& operator=(const MatrixProductsOnly&) = delete;
+};
+
 // fn(i) for every i in [0, n), spread over ATen's threads with OpenBLAS single-threaded.
 // It lives here because at::parallel_for is a header template that runs everything in
 // turn unless its caller is compiled with OpenMP, as this file is (and prompts.cpp is not).

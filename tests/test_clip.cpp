@@ -233,6 +233,21 @@ TEST(Clip, ParallelPartsRunOnEveryThread) {
   EXPECT_THROW(vlmadapt::detail::parallel_parts(2, [](int64_t i) { if (i == 1) throw Error("part 1"); }), Error);
 }
 
+TEST(Clip, MatrixProductsOnlyLastsItsScope) {
+  // bench times the tower's products alone under this guard; outside it nothing changes.
+  torch::NoGradGuard no_grad;
+  Clip clip = load_clip((model_dir("tiny_vit") / "model_openai.pt").string());
+  auto pixels = read_safetensors((model_dir("tiny_vit") / "golden.safetensors").string()).at("pixels");
+  const auto before = clip->encode_image(pixels);
+  torch::Tensor products_only;
+  {
+    vlmadapt::detail::MatrixProductsOnly guard;
+    products_only = clip->encode_image(pixels);
+  }
+  EXPECT_FALSE(torch::allclose(products_only, before));  // the element-wise steps were skipped
+  EXPECT_TRUE(torch::equal(clip->encode_image(pixels), before));
+}
+
 TEST(Clip, FusedInferenceOnRealWeights) {
   torch::NoGradGuard no_grad;
   Clip clip = load_clip((model_dir("tiny_vit") / "model_openai.pt").string());

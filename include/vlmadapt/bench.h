@@ -2,11 +2,15 @@
 // (../shared/bench/perf_py.py), on random weights of a named architecture. The coop and
 // tpt tasks run the real method plugins and the trainer's step, not a copy.
 //   encode  image-tower throughput (images/s), with the FLOP rate it reaches and that of
-//           a large single-precision matrix product on this machine
+//           a large single-precision matrix product on this machine, and the throughput
+//           of the tower's matrix products alone (products_only_images_per_s): the floor
+//           that the BLAS sets, against which the rest of the pass costs what is left
 //   coop    seconds per CoOp training step: the image tower on a batch without
 //           gradients, the text tower over all class prompts (16 context vectors)
 //           forward and backward, then SGD
-//   tpt     seconds per test image: 64 views, 4 context vectors, 1 step, the prediction
+//   tpt     seconds per test image: 64 views, 4 context vectors, 1 step, the prediction;
+//           with encode_seconds (the 64 views' image tower) and the same tower's matrix
+//           products alone (encode_products_only_seconds)
 //   epoch   seconds per CoOp epoch on the Fashion-MNIST few-shot split (real decoding and
 //           augmentation through the loader), online and from the opt-in cache of frozen
 //           features over train.feature_views augmented views, and their ratio
