@@ -4,7 +4,6 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -48,10 +47,18 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t 
   blas().sgemm(&tb, &ta, &M, &N, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
 }
 
-// Set by MatrixProductsOnly; read by the element-wise kernels on every thread.
-std::atomic<bool> products_only{false};
+// Set by MatrixProductsOnly on its thread, and carried by parallel_parts to the threads
+// that run its parts, so that nothing else in the process is touched.
+thread_local bool products_only = false;
 
-bool skip_elementwise() { return products_only.load(std::memory_order_relaxed); }
+bool skip_elementwise() { return products_only; }
+
+// Sets this thread's flag for its lifetime, exceptions included.
+struct ProductsOnlyScope {
+  explicit ProductsOnlyScope(bool value) : saved(products_only) { products_only = value; }
+  ~ProductsOnlyScope() { products_only = saved; }
+  bool saved;
+};
 
 // ---- element-wise kernels, vectorised by the compiler ----------------------
 // Each has an AVX2+FMA clone and a baseline one, chosen when the library loads. The clone
@@ -327,13 +334,15 @@ SingleThreadedBlas::~SingleThreadedBlas() {
   if (saved_ > 1) blas().set_threads(saved_);
 }
 
-MatrixProductsOnly::MatrixProductsOnly() { products_only = true; }
+MatrixProductsOnly::MatrixProductsOnly() : saved_(products_only) { products_only = true; }
 
-MatrixProductsOnly::~MatrixProductsOnly() { products_only = false; }
+MatrixProductsOnly::~MatrixProductsOnly() { products_only = saved_; }
 
 void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn) {
   SingleThreadedBlas single;
+  const bool caller_products_only = products_only;
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    ProductsOnlyScope as_caller(caller_products_only);
     for (int64_t i = begin; i < end; ++i) fn(i);
   });
 }

@@ -53,16 +53,20 @@ class SingleThreadedBlas {
   int saved_;
 };
 
-// While it lives, the fused passes run their matrix products alone: layer norm, softmax,
-// the activation and the bias additions return at once, so the results are meaningless.
-// Only for `vlmadapt bench`, which times the image tower this way to show how near the
-// real pass is to the floor that the BLAS's products set on this machine.
+// While it lives, the fused passes that its thread starts run their matrix products
+// alone: layer norm, softmax, the activation and the bias additions return at once, so
+// the results are meaningless. Only for `vlmadapt bench`, which times the image tower
+// this way to show how near the real pass is to the floor that the BLAS's products set
+// on this machine. Other threads' passes are not affected.
 class MatrixProductsOnly {
  public:
   MatrixProductsOnly();
   ~MatrixProductsOnly();
   MatrixProductsOnly(const MatrixProductsOnly&) = delete;
   MatrixProductsOnly& operator=(const MatrixProductsOnly&) = delete;
+
+ private:
+  bool saved_;
 };
 
 // fn(i) for every i in [0, n), spread over ATen's threads with OpenBLAS single-threaded.
