@@ -36,7 +36,8 @@ struct BenchOptions {
 
 // Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,
 // seconds_per_step or seconds_per_image; task, arch, n_cls, batch, threads) plus
-// peak_rss_mb and, for encode, gflops and matmul_gflops; epoch prints online_seconds,
+// peak_rss_mb and, for encode, gflops, matmul_gflops and products_only_images_per_s; tpt
+// adds encode_seconds and encode_products_only_seconds; epoch prints online_seconds,
 // cached_seconds (one epoch each), speedup and cache_seconds (building the cache once).
 nlohmann::json run_bench(const BenchOptions& options);
 
