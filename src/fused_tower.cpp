@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 namespace vlmadapt::detail {
 namespace {
@@ -51,15 +52,6 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t 
 // that run its parts, so that nothing else in the process is touched.
 thread_local bool products_only = false;
 
-bool skip_elementwise() { return products_only; }
-
-// Sets this thread's flag for its lifetime, exceptions included.
-struct ProductsOnlyScope {
-  explicit ProductsOnlyScope(bool value) : saved(products_only) { products_only = value; }
-  ~ProductsOnlyScope() { products_only = saved; }
-  bool saved;
-};
-
 // ---- element-wise kernels, vectorised by the compiler ----------------------
 // Each has an AVX2+FMA clone and a baseline one, chosen when the library loads. The clone
 // is x86-64-v3, which GCC dispatches on the CPU's features; "arch=haswell" is dispatched
@@ -90,7 +82,7 @@ inline float exp_approx(float x) {
 VLMADAPT_VECTOR_CLONES
 void layer_norm_rows(const float* x, int64_t rows, int64_t ldx, int64_t d, const float* w, const float* b, float eps,
                      float* y) {
-  if (skip_elementwise()) return;
+  if (products_only) return;
   for (int64_t i = 0; i < rows; ++i) {
     const float* xi = x + i * ldx;
     float* yi = y + i * d;
@@ -110,7 +102,7 @@ void layer_norm_rows(const float* x, int64_t rows, int64_t ldx, int64_t d, const
 // Row-wise softmax of s [rows, cols] in place, after adding mask rows when given.
 VLMADAPT_VECTOR_CLONES
 void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask) {
-  if (skip_elementwise()) return;
+  if (products_only) return;
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * cols;
     if (mask) {
@@ -136,7 +128,7 @@ void softmax_rows(float* s, int64_t rows, int64_t cols, const float* mask) {
 // h = act(h + bias) over rows of width n.
 VLMADAPT_VECTOR_CLONES
 void bias_quick_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
-  if (skip_elementwise()) return;
+  if (products_only) return;
   for (int64_t i = 0; i < rows; ++i) {
     float* hi = h + i * n;
 #pragma omp simd
@@ -148,7 +140,7 @@ void bias_quick_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
 }
 
 void bias_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
-  if (skip_elementwise()) return;
+  if (products_only) return;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < n; ++j) {
       const float v = h[i * n + j] + bias[j];
@@ -158,7 +150,7 @@ void bias_gelu(float* h, int64_t rows, int64_t n, const float* bias) {
 
 // Rows of c (row stride ldc) += bias.
 void add_bias(float* c, int64_t rows, int64_t ldc, int64_t n, const float* bias) {
-  if (skip_elementwise()) return;
+  if (products_only) return;
   for (int64_t i = 0; i < rows; ++i)
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += bias[j];
@@ -342,7 +334,8 @@ void parallel_parts(int64_t n, const std::function<void(int64_t)>& fn) {
   SingleThreadedBlas single;
   const bool caller_products_only = products_only;
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    ProductsOnlyScope as_caller(caller_products_only);
+    std::optional<MatrixProductsOnly> as_caller;
+    if (caller_products_only) as_caller.emplace();
     for (int64_t i = begin; i < end; ++i) fn(i);
   });
 }
