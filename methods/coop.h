@@ -4,8 +4,8 @@
 // random init with std 0.02. As in the official code, ctx_init sets n_ctx to its word
 // count and ignores csc. Precision: fp32 on CPU (the official default is fp16 on GPU).
 #pragma once
-#include <vlmadapt/method.h>
-#include <vlmadapt/prompts.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/prompts.h>
 
 namespace vlmadapt::methods {
 

@@ -6,8 +6,8 @@
 #pragma once
 #include <cmath>
 
-#include <vlmadapt/error.h>
-#include <vlmadapt/method.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/method.h>
 
 namespace vlmadapt::methods {
 

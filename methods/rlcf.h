@@ -17,12 +17,11 @@
 // with gradients, which gives the same loss and gradients (the tower is in eval mode, so
 // views do not interact) for a fraction of the memory.
 #pragma once
-#include <vlmadapt/checkpoint.h>
-#include <vlmadapt/error.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/run.h>
-#include <vlmadapt/tta.h>
-#include <vlmadapt/tta_prompt.h>
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/tta.h>
+#include <vlmadapt/adapt/tta_prompt.h>
 
 namespace vlmadapt::methods {
 

@@ -15,9 +15,9 @@
 // under autocast on GPU); the text tower runs once per step over all classes rather than
 // once per view, which is the same computation (its input does not depend on the view).
 #pragma once
-#include <vlmadapt/method.h>
-#include <vlmadapt/tta.h>
-#include <vlmadapt/tta_prompt.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/tta.h>
+#include <vlmadapt/adapt/tta_prompt.h>
 
 namespace vlmadapt::methods {
 

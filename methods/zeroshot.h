@@ -2,9 +2,9 @@
 // One template, or a template ensemble: per class the average of the L2-normalised
 // per-template text features, renormalised. Training-free.
 #pragma once
-#include <vlmadapt/error.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/prompts.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/prompts.h>
 
 namespace vlmadapt::methods {
 

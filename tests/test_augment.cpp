@@ -8,9 +8,9 @@
 #include <random>
 
 #include "test_util.h"
-#include "vlmadapt/augment.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/image.h"
+#include <vlmadapt/data/augment.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/data/image.h>
 
 using vlmadapt::Error;
 using vlmadapt::Image;

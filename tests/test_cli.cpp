@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <vlmadapt/safetensors.h>
+#include <vlmadapt/core/safetensors.h>
 
 #include "cli/cli.h"
 #include "test_util.h"

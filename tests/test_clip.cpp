@@ -9,7 +9,7 @@
 
 #include <vlmadapt/vlmadapt.h>
 
-#include "fused_tower.h"
+#include "backbone/fused_tower.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

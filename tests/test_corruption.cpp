@@ -4,9 +4,9 @@
 
 #include <opencv2/core.hpp>
 
-#include <vlmadapt/corruption.h>
-#include <vlmadapt/dataset.h>
-#include <vlmadapt/image.h>
+#include <vlmadapt/data/corruption.h>
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/data/image.h>
 
 #include "test_util.h"
 

@@ -1,9 +1,9 @@
 // Datasets and the CoOp few-shot protocol: the real Fashion-MNIST IDX files, CoOp's real
 // split files (no images), and small ImageNet/folder/list trees made in temp folders.
 #include "test_util.h"
-#include "vlmadapt/dataset.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/options.h"
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/options.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -8,12 +8,12 @@
 #include <fstream>
 #include <sstream>
 
-#include <vlmadapt/checkpoint.h>
-#include <vlmadapt/dataset.h>
-#include <vlmadapt/features.h>
-#include <vlmadapt/pretrain.h>
-#include <vlmadapt/prompts.h>
-#include <vlmadapt/run.h>
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/data/features.h>
+#include "pretrain/pretrain.h"
+#include <vlmadapt/adapt/prompts.h>
+#include <vlmadapt/engine/run.h>
 
 #include "test_util.h"
 

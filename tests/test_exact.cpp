@@ -5,11 +5,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <vlmadapt/bench.h>
-#include <vlmadapt/checkpoint.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/prompts.h>
-#include <vlmadapt/trainer.h>
+#include "bench/bench.h"
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/prompts.h>
+#include <vlmadapt/engine/trainer.h>
 
 #include "methods/coop.h"
 #include "test_util.h"

@@ -12,9 +12,9 @@
 #include <string>
 
 #include "test_util.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/image.h"
-#include "vlmadapt/safetensors.h"
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/data/image.h>
+#include <vlmadapt/core/safetensors.h>
 
 namespace vt = vlmadapt::testing;
 using vlmadapt::Error;

@@ -1,10 +1,10 @@
 // The threaded batch loader: shapes, CoOp's drop_last, identical tensors whatever the
 // worker count, per-epoch augmentation, errors surfacing from next(), clean shutdown.
 #include "test_util.h"
-#include "vlmadapt/dataset.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/image.h"
-#include "vlmadapt/loader.h"
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/data/image.h>
+#include <vlmadapt/data/loader.h>
 
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>

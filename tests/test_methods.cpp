@@ -2,9 +2,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <vlmadapt/checkpoint.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/prompts.h>
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/prompts.h>
 
 #include "methods/coop.h"
 #include "methods/linear_probe.h"

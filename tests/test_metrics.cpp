@@ -1,9 +1,9 @@
 // MetricAccumulator on small cases whose numbers are worked out by hand in the comments.
 #include "test_util.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/fs.h"
-#include "vlmadapt/metrics.h"
-#include "vlmadapt/progress.h"
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/engine/metrics.h>
+#include <vlmadapt/core/progress.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

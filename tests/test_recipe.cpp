@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <vlmadapt/error.h>
-#include <vlmadapt/fs.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/recipe.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/recipe.h>
 
 #include "test_util.h"
 

@@ -1,8 +1,8 @@
 // `report` on run folders made here with known metrics (3 seeds per cell).
 #include "test_util.h"
-#include "vlmadapt/error.h"
-#include "vlmadapt/fs.h"
-#include "vlmadapt/report.h"
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/report/report.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

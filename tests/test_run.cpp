@@ -8,9 +8,9 @@
 #include <fstream>
 #include <sstream>
 
-#include <vlmadapt/fs.h>
-#include <vlmadapt/progress.h>
-#include <vlmadapt/safetensors.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/core/progress.h>
+#include <vlmadapt/core/safetensors.h>
 
 #include "cli/cli.h"
 #include "test_util.h"

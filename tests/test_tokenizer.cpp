@@ -14,10 +14,10 @@
 #include <thread>
 #include <vector>
 
-#include <vlmadapt/error.h>
-#include <vlmadapt/tokenizer.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/backbone/tokenizer.h>
 
-#include "resources.h"
+#include "core/resources.h"
 #include "test_util.h"
 
 namespace {

@@ -6,12 +6,12 @@
 #include <fstream>
 #include <sstream>
 
-#include <vlmadapt/augmix.h>
-#include <vlmadapt/checkpoint.h>
-#include <vlmadapt/image.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/prompts.h>
-#include <vlmadapt/tta.h>
+#include <vlmadapt/data/augmix.h>
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/data/image.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/prompts.h>
+#include <vlmadapt/adapt/tta.h>
 
 #include "cli/cli.h"
 #include "test_util.h"

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <string>
 
-#include <vlmadapt/error.h>
+#include <vlmadapt/core/error.h>
 #include <unistd.h>
 
 namespace vlmadapt::testing {

@@ -3,7 +3,7 @@
 #include <exception>
 #include <iostream>
 
-#include <vlmadapt/error.h>
+#include <vlmadapt/core/error.h>
 
 namespace vlmadapt::cli {
 

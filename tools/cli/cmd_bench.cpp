@@ -1,7 +1,7 @@
 // vlmadapt bench: one JSON line per benchmark, with perf_py.py's fields (see bench.h).
 #include <ostream>
 
-#include <vlmadapt/bench.h>
+#include "bench/bench.h"
 
 #include "cli/args.h"
 #include "cli/cli.h"

@@ -4,10 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include <vlmadapt/error.h>
-#include <vlmadapt/fs.h>
-#include <vlmadapt/prompts.h>
-#include <vlmadapt/run.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/adapt/prompts.h>
+#include <vlmadapt/engine/run.h>
 #include <vlmadapt/vlmadapt.h>
 
 #include "cli/args.h"

@@ -1,7 +1,7 @@
 // vlmadapt pretrain: trains the small built-in CLIP from scratch (recipes/pretrain/).
 #include <ostream>
 
-#include <vlmadapt/pretrain.h>
+#include "pretrain/pretrain.h"
 
 #include "cli/args.h"
 #include "cli/cli.h"

@@ -2,7 +2,7 @@
 // and accuracy-versus-shots plots (SVG and PNG).
 #include <ostream>
 
-#include <vlmadapt/report.h>
+#include <vlmadapt/report/report.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"

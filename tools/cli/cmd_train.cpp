@@ -2,10 +2,10 @@
 #include <iostream>
 #include <ostream>
 
-#include <vlmadapt/error.h>
-#include <vlmadapt/method.h>
-#include <vlmadapt/recipe.h>
-#include <vlmadapt/run.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/recipe.h>
+#include <vlmadapt/engine/run.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"

@@ -1,0 +1,74 @@
+// Text-side building blocks shared by the methods: hand-written prompt classifiers
+// (zero-shot) and learnable context vectors (CoOp and everything built on it).
+// Methods call these; none of them holds a copy of backbone code.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include <vlmadapt/backbone/clip.h>
+#include <vlmadapt/backbone/tokenizer.h>
+
+namespace vlmadapt {
+
+// "a photo of a {}." with the class name in place of {} (appended when there is no {}).
+std::string fill_template(const std::string& templ, const std::string& classname);
+
+// Zero-shot classifier weights [C,E]: per class, the L2-normalised text features of each
+// template, averaged and renormalised (CLIP's ensembling). One template gives its
+// normalised features. Classes are encoded in chunks of `chunk` prompts to bound memory.
+torch::Tensor class_text_features(Clip& clip, const Tokenizer& tokenizer,
+                                  const std::vector<std::string>& classnames,
+                                  const std::vector<std::string>& templates, int64_t chunk = 256);
+
+// exp(logit_scale) * normalise(image) @ classifier^T, with the classifier already normalised.
+torch::Tensor cosine_logits(Clip& clip, const torch::Tensor& image_features, const torch::Tensor& classifier);
+
+struct PromptLearnerOptions {
+  int n_ctx = 16;
+  std::string ctx_init;                  // e.g. "a photo of a"; sets n_ctx to its token count
+  bool csc = false;                      // class-specific context (ignored with ctx_init, as CoOp)
+  std::string class_token_position = "end";  // end | middle | front
+  double init_std = 0.02;
+};
+
+// CoOp's prompt learner: prompts = [SOT, ctx_1..ctx_M, class tokens, ".", EOT] as token
+// embeddings, encoded by the frozen text tower from its embedding entry.
+class PromptLearnerImpl : public torch::nn::Module {
+ public:
+  PromptLearnerImpl(Clip clip, const Tokenizer& tokenizer, const PromptLearnerOptions& options,
+                    int64_t num_classes_for_csc);
+  // Rebuilds the fixed token buffers for a class-name set (keeps ctx).
+  void set_classes(const std::vector<std::string>& classnames);
+  // Text features [C,E] (not normalised) for the learned ctx, or for `ctx` when given
+  // (shape [n_ctx,D] shared by all classes, or [C,n_ctx,D] class-specific).
+  torch::Tensor text_features(const torch::Tensor& ctx = {});
+  // Prompt embeddings [C,L,D] and end positions [C] for a ctx (for methods that post-process).
+  std::pair<torch::Tensor, torch::Tensor> prompts(const torch::Tensor& ctx);
+  // The same for classes [start, start + n).
+  std::pair<torch::Tensor, torch::Tensor> prompts(const torch::Tensor& ctx, int64_t start, int64_t n);
+  // Text features [n,E] of classes [start, start + n) for a ctx.
+  torch::Tensor encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n);
+
+  torch::Tensor ctx() const { return ctx_; }
+  int64_t n_ctx() const { return n_ctx_; }
+  int64_t num_classes() const { return static_cast<int64_t>(name_lens_.size()); }
+  // Classes per text-tower pass (0 = all at once). With gradients, chunks are encoded
+  // again in the backward pass instead of keeping their activations, so memory for
+  // 1000 classes stays that of one chunk (exact: the same operations run twice).
+  int64_t chunk = 0;
+
+ private:
+  Clip clip_;
+  Tokenizer tokenizer_;
+  PromptLearnerOptions options_;
+  int64_t n_ctx_;
+  std::string prefix_text_;
+  torch::Tensor ctx_;                              // registered as "ctx"
+  torch::Tensor token_prefix_, token_suffix_, eot_;  // derived per class set
+  std::vector<int64_t> name_lens_;
+};
+TORCH_MODULE(PromptLearner);
+
+}  // namespace vlmadapt

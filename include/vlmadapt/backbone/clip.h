@@ -1,0 +1,111 @@
+// The frozen CLIP backbone: ViT or ModifiedResNet image tower and the causal
+// text transformer, with parameter names equal to OpenAI's state-dict keys so a
+// checkpoint of any supported format loads by name (see checkpoint.h).
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <vlmadapt/core/safetensors.h>
+
+namespace vlmadapt {
+
+namespace detail {
+class VisionTower;
+class Transformer;
+}  // namespace detail
+
+enum class Activation { QuickGELU, GELU };
+
+// The architecture, read off the weights' shapes as openai/CLIP build_model does.
+struct ClipConfig {
+  int64_t embed_dim = 512;
+  int64_t image_resolution = 224;
+  bool vision_vit = true;
+  std::vector<int64_t> vision_layers{12};  // ViT: {layers}; ResNet: 4 block counts
+  int64_t vision_width = 768;
+  int64_t vision_patch_size = 16;          // ViT only
+  int64_t vision_heads = 12;
+  int64_t context_length = 77;
+  int64_t vocab_size = 49408;
+  int64_t transformer_width = 512;
+  int64_t transformer_heads = 8;
+  int64_t transformer_layers = 12;
+  Activation activation = Activation::QuickGELU;  // OpenAI weights use QuickGELU
+  double layer_norm_eps = 1e-5;
+
+  // "ViT-B/16"-like summary: "ViT (12 layers, width 768, patch 16, 224px)".
+  std::string describe() const;
+  // The released architectures by name (ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336, RN50, RN101,
+  // RN50x4, RN50x16, RN50x64). Throws vlmadapt::Error listing them for an unknown name.
+  static ClipConfig named(const std::string& name);
+  static std::vector<std::string> names();
+};
+
+// Reads the architecture from an OpenAI-keyed state dict. `where` names the file in errors.
+ClipConfig infer_clip_config(const TensorMap& state_dict, const std::string& where);
+
+class ClipImpl : public torch::nn::Module {
+ public:
+  explicit ClipImpl(const ClipConfig& config);
+
+  // float [N,3,R,R] -> [N,E] (not normalised).
+  torch::Tensor encode_image(const torch::Tensor& pixels);
+  // int32/int64 [N,L] token ids -> [N,E] (not normalised), pooled at the end token (argmax id).
+  torch::Tensor encode_text(const torch::Tensor& tokens);
+  // The prompt-learning entry: token embeddings [N,L,D] (before the positional embedding)
+  // and end-token positions [N]. Positions after the last end token cannot change any
+  // feature under the causal mask, so the sequence is cut there.
+  torch::Tensor encode_text_embeddings(const torch::Tensor& embeddings, const torch::Tensor& eot);
+  // The same for prompts that all begin with one prefix: prefix [p,D] (e.g. the start token
+  // and CoOp's shared context), suffixes [N,s,D] (class tokens, end token, ...), end-token
+  // positions [N] counted from the prefix's start (each at least p). Under the causal mask
+  // the prefix cannot see its suffixes, so it runs once instead of once per prompt: the
+  // same features and gradients as encode_text_embeddings on the concatenated prompts.
+  torch::Tensor encode_text_prefixed(const torch::Tensor& prefix, const torch::Tensor& suffixes,
+                                     const torch::Tensor& eot);
+  // Token ids -> embeddings [N,L,D].
+  torch::Tensor embed_tokens(const torch::Tensor& tokens);
+  // exp(logit_scale) * normalise(image) @ normalise(text)^T.
+  torch::Tensor logits(const torch::Tensor& image_features, const torch::Tensor& text_features);
+
+  torch::Tensor logit_scale() const;  // 0-d, log scale as stored
+  int64_t image_resolution() const { return config_.image_resolution; }
+  int64_t embed_dim() const { return config_.embed_dim; }
+  int64_t text_width() const { return config_.transformer_width; }
+  const ClipConfig& config() const { return config_; }
+  int64_t parameter_count() const;
+
+  // The backbone always runs in inference mode (BatchNorm keeps its running statistics);
+  // freezing is separate: parameters have requires_grad false unless a method enables them.
+  void train(bool on = true) override;
+
+  // The image tower as a module (for methods that tune or mask it).
+  std::shared_ptr<torch::nn::Module> visual() const;
+
+  // Copies an OpenAI-keyed state dict in, checking every key and shape (strict).
+  // Throws vlmadapt::Error naming `where`, the key and the shapes on a mismatch.
+  void load_weights(const TensorMap& state_dict, const std::string& where);
+  TensorMap weights() const;  // OpenAI-keyed, as stored (for saving)
+
+ private:
+  ClipConfig config_;
+  std::shared_ptr<detail::VisionTower> visual_;
+  std::shared_ptr<detail::Transformer> transformer_;
+  torch::Tensor token_embedding_, positional_embedding_, text_projection_, logit_scale_;
+  torch::nn::LayerNorm ln_final_{nullptr};
+};
+TORCH_MODULE(Clip);
+
+// Frozen passes (no autograd, fp32, CPU) of the transformer towers run fused, sequence
+// group by sequence group (src/fused_tower.h); the same algebra as the module-by-module
+// pass within fp32 rounding. Off: every pass goes module by module (for comparisons).
+void set_fused_inference(bool enabled);
+bool fused_inference();
+
+}  // namespace vlmadapt

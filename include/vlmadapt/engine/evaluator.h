@@ -1,0 +1,35 @@
+// The one evaluator, shared by every method: logits over a split, batch by batch
+// (frozen features from the cache, or pixels for methods that need them, or one
+// test image at a time for test-time adaptation), into the metrics of metrics.h.
+#pragma once
+#include <functional>
+#include <string>
+
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/data/features.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/metrics.h>
+#include <vlmadapt/engine/recipe.h>
+
+namespace vlmadapt {
+
+// Builds the views of one test image for test-time adaptation: [V,3,R,R], view 0 the test view.
+using ViewMaker = std::function<torch::Tensor(const Dataset& dataset, const Item& item, int64_t index)>;
+
+struct EvalSetup {
+  Method* method = nullptr;
+  Clip clip{nullptr};
+  const Dataset* dataset = nullptr;
+  EvalOptions options;
+  int workers = 2;
+  FeatureCache* cache = nullptr;  // may be null
+  std::string transform_tag;      // cache key of the test transform (corruption included)
+  ViewMaker views;                // required for methods that adapt per sample
+  std::string out_dir;            // confusion CSV and predictions go here ("" = none)
+};
+
+// Metrics of `items` (a split of setup.dataset). Writes confusion_<tag>.csv and
+// predictions_<tag>.jsonl into out_dir when asked.
+Metrics evaluate(const EvalSetup& setup, const std::vector<Item>& items, const std::string& tag);
+
+}  // namespace vlmadapt

@@ -1,0 +1,94 @@
+// Recipes: INI files (read by Boost.Program_options) with sections [data] [model]
+// [train] [eval] and one per method. Several files compose, later ones win;
+// `--set key=value` overrides any key; an unknown key is an error that suggests
+// the nearest known key.
+//
+//   # comment ('#' starts a comment anywhere, so values cannot contain it)
+//   include = ../common/base.ini   # read first, relative to this file; this file wins
+//   method = coop                  # top-level keys: include, method, name, output, force
+//   [train]
+//   lr = 0.002
+//   [coop]                         # any registered method's section is checked; only
+//   n_ctx = 16                     # the chosen method's values reach method_values
+//
+// Lists are '|'-separated; see OptionSet for the value syntax. Shipped recipes are in
+// recipes/ (datasets/<name>.ini, <method>/<method>.ini).
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/core/options.h>
+
+namespace vlmadapt {
+
+struct ModelOptions {
+  std::string checkpoint = "default";  // a checkpoint path, or "default" = the built-in model
+  std::string device = "cpu";
+  bool half = false;
+  void bind(OptionSet& set);
+};
+
+struct TrainOptions {
+  std::string optimizer = "sgd";       // sgd | adam | adamw
+  double lr = 0.002;
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  int epochs = 0;                      // 0 = from epochs_by_shots
+  std::string epochs_by_shots = "1:50,2:100,4:100,8:200,16:200";  // CoOp's table
+  int batch_size = 32;
+  std::string scheduler = "cosine";    // cosine | constant
+  int warmup_epochs = 1;
+  std::string warmup = "constant";     // constant | linear | none
+  double warmup_lr = 1e-5;
+  double grad_clip = 0;                // max gradient norm, 0 = off
+  bool autocast = false;               // CUDA only
+  double scale_min = 0.08;             // RandomResizedCrop scale lower bound
+  bool flip = true;
+  int feature_views = 0;               // >0: opt-in cache of frozen features over this many
+                                       // augmented views per image (changes augmentation semantics)
+  void bind(OptionSet& set);
+  int epochs_for(int shots, const std::string& dataset) const;
+};
+
+struct EvalOptions {
+  std::string split = "test";
+  int batch_size = 100;
+  bool predictions = false;            // per-sample predictions as JSON lines
+  bool confusion = true;
+  // Test-time adaptation (methods that adapt per sample): the views of each test image.
+  int views = 64;
+  std::string augmix = "auto";
+  std::string extra_views;
+  void bind(OptionSet& set);
+};
+
+struct Recipe {
+  std::string method = "zeroshot";
+  std::string name;                    // recipe name used in run folders (default: last file stem)
+  std::string output = "runs";         // root of run folders
+  bool force = false;                  // rerun a finished run
+  DataOptions data;
+  ModelOptions model;
+  TrainOptions train;
+  EvalOptions eval;
+  // Every key given for a method section ("coop.n_ctx" -> "16"), applied by the method factory.
+  std::map<std::string, std::string> method_values;
+
+  // The resolved recipe as INI text: every known key of the core sections and of the method.
+  std::string to_ini() const;
+  // runs/<dataset>/<method>/<name>_<K>shot/seed<S>
+  std::string run_dir() const;
+};
+
+// Reads and composes recipe files, then applies "key=value" overrides. Unknown keys,
+// unknown methods and unparsable values throw vlmadapt::Error naming the file and key.
+Recipe load_recipe(const std::vector<std::string>& files, const std::vector<std::string>& overrides = {});
+// The same from INI text (tests); `where` names it in errors.
+Recipe parse_recipe_text(const std::string& text, const std::string& where, Recipe base = {});
+// "section.key" -> value of every option in INI text, read as recipe files are.
+std::map<std::string, std::string> ini_values(const std::string& text, const std::string& where);
+
+}  // namespace vlmadapt

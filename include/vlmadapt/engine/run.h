@@ -1,0 +1,39 @@
+// One run of a recipe, end to end: data and few-shot split, backbone, method,
+// training-free fitting on train/val features, the shared training loop, and the
+// evaluator on val and test (base and new classes under base-to-new). Everything a
+// run produces lives in its folder: recipe.ini, split.json, method.safetensors,
+// checkpoint/, metrics.json, confusion_*.csv, run.json.
+#pragma once
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <vlmadapt/engine/recipe.h>
+
+namespace vlmadapt {
+
+struct RunSummary {
+  std::string dir;
+  bool skipped = false;      // an existing finished run, not forced
+  nlohmann::json metrics;    // contents of metrics.json
+};
+
+// Trains (when the method learns) and evaluates `recipe`. With `resume`, continues from
+// the run's latest epoch checkpoint.
+RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log);
+
+// Evaluates a finished run again on `split` (test, val), from its folder alone.
+nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log);
+
+// vlmadapt tta --stream: adapts to and classifies each image of `inputs` (files, folders,
+// or "-" for paths read line by line from `in`) with the recipe's method and classes,
+// printing one JSON line per image to `out` as soon as it is done: {"file", "top":
+// [{"class", "label", "score"}, ...up to 5], "seconds"}. An image that cannot be read gets
+// {"file", "error"} and the stream goes on. Returns the number of failed images.
+int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
+                       std::ostream& out, std::ostream& log);
+
+
+}  // namespace vlmadapt

@@ -1,0 +1,59 @@
+// The one few-shot training loop, shared by every method: optimizer, warmup and
+// cosine schedule, augmentation in worker threads, frozen image features without
+// gradients, a checkpoint after every epoch, and exact resume.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/data/features.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/recipe.h>
+
+namespace vlmadapt {
+
+// Learning rate of epoch `epoch` (0-based) of `epochs`: warmup epochs at warmup_lr (constant)
+// or ramping to lr (linear), then cosine from lr (CoOp: lr * (1 + cos(pi (e - w) / E)) / 2).
+double learning_rate(const TrainOptions& options, int64_t epoch, int64_t epochs);
+
+// The optimizer of train.optimizer (sgd, adam, adamw) over `params`.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& options, std::vector<torch::Tensor> params);
+
+struct TrainerSetup {
+  Method* method = nullptr;
+  Clip clip{nullptr};
+  const Dataset* dataset = nullptr;  // the few-shot split: its train items are trained on
+  Recipe recipe;
+  std::string checkpoint_dir;        // "<run>/checkpoint"; "" = no checkpoints
+  FeatureCache* cache = nullptr;     // for the opt-in cached augmented views
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainerSetup setup);
+  // Trains to the last epoch, continuing from the latest checkpoint when `resume`.
+  // Returns the mean loss of the last epoch.
+  double train(bool resume);
+  int64_t epochs() const { return epochs_; }
+  // One optimisation step on a batch (the method's loss, backward, clipping, update);
+  // returns the loss. Throws vlmadapt::Error when the loss is not finite.
+  double train_step(const Batch& batch, torch::optim::Optimizer& optimizer);
+  // Called after each epoch's checkpoint (epoch is 0-based).
+  std::function<void(int64_t epoch, double mean_loss)> on_epoch_end;
+  // Called once the cached views of train.feature_views are ready, before the first epoch.
+  std::function<void()> on_views_cached;
+
+ private:
+  double run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
+  double run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
+  void save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss);
+  int64_t load_checkpoint(torch::optim::Optimizer& optimizer);
+  LoaderOptions loader_options(int64_t epoch) const;
+
+  TrainerSetup s_;
+  int64_t epochs_;
+  FeatureSet view_features_;  // [N*V,E] when train.feature_views > 0
+};
+
+}  // namespace vlmadapt

@@ -1,0 +1,229 @@
+// Checkpoint formats -> one OpenAI-keyed state dict -> ClipImpl::load_weights.
+#include <vlmadapt/backbone/checkpoint.h>
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/script.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/serialize.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+
+#include "hf_keys.h"
+
+namespace vlmadapt {
+namespace fs = std::filesystem;
+
+std::string to_string(CheckpointFormat format) {
+  switch (format) {
+    case CheckpointFormat::OpenAITorchScript: return "openai-torchscript";
+    case CheckpointFormat::OpenClipSafetensors: return "open_clip-safetensors";
+    case CheckpointFormat::OpenClipPickle: return "open_clip-torch.save";
+    case CheckpointFormat::HuggingFace: return "huggingface";
+  }
+  return "unknown";
+}
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+std::string head_bytes(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  std::string buf(n, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(n));
+  buf.resize(static_cast<size_t>(in.gcount()));
+  return buf;
+}
+
+bool is_zip(const std::string& path) { return head_bytes(path, 4) == std::string("PK\x03\x04", 4); }
+
+bool is_torchscript(const std::string& path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const std::vector<std::string> records = reader.getAllRecords();  // returned by value
+    return reader.hasRecord("constants.pkl") ||
+           std::any_of(records.begin(), records.end(), [](const std::string& r) { return starts_with(r, "code/"); });
+  } catch (const c10::Error& e) {
+    throw Error(path + ": corrupt or truncated zip archive: " + e.what_without_backtrace());
+  }
+}
+
+TensorMap read_torchscript(const std::string& path) {
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot read TorchScript archive: " + e.what_without_backtrace());
+  }
+  TensorMap sd;
+  for (const auto& p : module.named_parameters(true)) sd[p.name] = p.value.detach();
+  for (const auto& b : module.named_buffers(true)) sd[b.name] = b.value.detach();
+  for (const char* meta : {"input_resolution", "context_length", "vocab_size"}) sd.erase(meta);
+  return sd;
+}
+
+TensorMap read_pickle(const std::string& path) {
+  const std::string bytes = read_file(path);
+  torch::IValue value;
+  try {
+    value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const c10::Error& e) {
+    throw Error(path + ": cannot read torch.save file: " + e.what_without_backtrace());
+  }
+  if (value.isGenericDict() && value.toGenericDict().contains("state_dict"))
+    value = value.toGenericDict().at("state_dict");
+  if (!value.isGenericDict()) throw Error(path + ": expected a state dict (a dict of tensors), found " + value.tagKind());
+  TensorMap sd;
+  for (const auto& item : value.toGenericDict()) {
+    if (!item.key().isString() || !item.value().isTensor())
+      throw Error(path + ": expected a state dict of name -> tensor, found an entry of " + item.value().tagKind());
+    sd[item.key().toStringRef()] = item.value().toTensor();
+  }
+  return sd;
+}
+
+// open_clip: strip a DataParallel "module." prefix and the CustomTextCLIP "text." tower prefix.
+TensorMap openclip_to_openai(TensorMap sd) {
+  TensorMap out;
+  for (auto& [key, value] : sd) {
+    std::string k = starts_with(key, "module.") ? key.substr(7) : key;
+    if (starts_with(k, "text.")) k = k.substr(5);
+    if (k == "text_projection.weight") {  // an nn.Linear projection stores the transpose
+      k = "text_projection";
+      value = value.t().contiguous();
+    }
+    if (k == "attn_mask" || k == "logit_bias") continue;  // non-persistent mask / SigLIP bias
+    out[k] = value;
+  }
+  return out;
+}
+
+fs::path hf_config_for(const fs::path& weights) {
+  fs::path sibling = weights;
+  sibling.replace_extension(".config.json");
+  if (fs::exists(sibling)) return sibling;
+  return weights.parent_path() / "config.json";
+}
+
+bool looks_like_hf(const TensorMap& sd) {
+  return std::any_of(sd.begin(), sd.end(), [](const auto& kv) {
+    return starts_with(kv.first, "text_model.") || starts_with(kv.first, "vision_model.");
+  });
+}
+
+void check_layout(const TensorMap& sd, const std::string& path) {
+  if (sd.count("token_embedding.weight") && sd.count("text_projection") &&
+      (sd.count("visual.proj") || sd.count("visual.attnpool.positional_embedding")))
+    return;
+  std::string sample;
+  int n = 0;
+  for (const auto& [key, v] : sd) {
+    if (n++ == 4) break;
+    sample += (sample.empty() ? "" : ", ") + key;
+  }
+  throw Error(path + ": unknown checkpoint layout: expected CLIP keys such as 'token_embedding.weight', "
+              "'text_projection' and 'visual.proj' (OpenAI/open_clip) or 'text_model.*' (Hugging Face); found " +
+              std::to_string(sd.size()) + " keys" + (sample.empty() ? "" : " like " + sample));
+}
+
+}  // namespace
+
+Checkpoint read_checkpoint(const std::string& path_in) {
+  fs::path path(path_in);
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(path_in + ": no such file or folder");
+  if (fs::is_directory(path)) {  // a Hugging Face model folder
+    fs::path weights = path / "model.safetensors";
+    if (!fs::exists(weights)) throw Error(path_in + ": folder has no model.safetensors (Hugging Face layout expected)");
+    path = weights;
+  }
+  const std::string p = path.string();
+  if (fs::file_size(path, ec) < 8) throw Error(p + ": file is empty or truncated (under 8 bytes)");
+
+  Checkpoint ck{};
+  TensorMap raw;
+  if (is_zip(p)) {
+    ck.format = is_torchscript(p) ? CheckpointFormat::OpenAITorchScript : CheckpointFormat::OpenClipPickle;
+    raw = ck.format == CheckpointFormat::OpenAITorchScript ? read_torchscript(p) : read_pickle(p);
+  } else {
+    raw = read_safetensors(p);
+    ck.format = looks_like_hf(raw) ? CheckpointFormat::HuggingFace : CheckpointFormat::OpenClipSafetensors;
+  }
+  std::optional<HfConfig> hf;
+  if (ck.format == CheckpointFormat::HuggingFace) {
+    hf = read_hf_config(hf_config_for(path).string());
+    ck.state_dict = hf_to_openai(std::move(raw), p);
+  } else {
+    ck.state_dict = openclip_to_openai(std::move(raw));
+  }
+  check_layout(ck.state_dict, p);
+  ck.config = infer_clip_config(ck.state_dict, p);
+  if (hf) apply_hf_config(*hf, ck.config);
+  return ck;
+}
+
+Clip load_clip(const std::string& path, const LoadOptions& options) {
+  Checkpoint ck = read_checkpoint(path);
+  // Building the modules draws initial weights that the checkpoint then replaces; keep
+  // those draws off the global stream so that loading a model never shifts a seeded run.
+  auto generator = at::detail::getDefaultCPUGenerator();
+  torch::Tensor rng_state;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    rng_state = generator.get_state();
+  }
+  Clip clip(ck.config);
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(rng_state);
+  }
+  clip->load_weights(ck.state_dict, path);
+  torch::Device device(options.device);
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw Error("device '" + options.device + "' requested but this libtorch has no CUDA device");
+  clip->to(device, options.half ? torch::kHalf : torch::kFloat);
+  return clip;
+}
+
+Clip random_clip(const std::string& arch, uint64_t seed) {
+  Clip clip(ClipConfig::named(arch));
+  torch::manual_seed(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& item : clip->named_parameters(true)) {
+    auto& t = item.value();
+    const std::string& k = item.key();
+    const bool norm = k.find("ln_") != std::string::npos || k.find("bn") != std::string::npos ||
+                      k.find(".1.weight") != std::string::npos;
+    if (k == "logit_scale") t.fill_(std::log(1 / 0.07));
+    else if (norm && t.dim() == 1) t.fill_(k.size() > 5 && k.compare(k.size() - 4, 4, "bias") == 0 ? 0.0 : 1.0);
+    else t.normal_(0, 0.02);
+  }
+  return clip;
+}
+
+void save_clip(const Clip& clip, const std::string& path, bool half) {
+  TensorMap sd = clip->weights();
+  for (auto& [k, v] : sd)
+    if (v.is_floating_point()) v = v.to(torch::kCPU, half ? torch::kHalf : torch::kFloat);
+  write_safetensors(path, sd, {{"format", "open_clip"}, {"architecture", clip->config().describe()}});
+}
+
+std::string resolve_checkpoint(const std::string& name) {
+  if (name != "default") return name;
+  std::vector<fs::path> candidates;
+  if (const char* env = std::getenv("VLMADAPT_MODELS")) candidates.emplace_back(fs::path(env) / "default.safetensors");
+  candidates.emplace_back(fs::path("models") / "default.safetensors");
+  candidates.emplace_back(fs::path(VLMADAPT_INSTALLED_MODELS_DIR) / "default.safetensors");
+  candidates.emplace_back(fs::path(VLMADAPT_MODELS_DIR) / "default.safetensors");
+  for (const auto& c : candidates)
+    if (fs::exists(c)) return c.string();
+  throw Error("model.checkpoint = default: the built-in model was not found (looked in $VLMADAPT_MODELS, ./models, " VLMADAPT_INSTALLED_MODELS_DIR " and " VLMADAPT_MODELS_DIR "); set model.checkpoint to a CLIP checkpoint");
+}
+
+}  // namespace vlmadapt

@@ -1,0 +1,250 @@
+#include <vlmadapt/engine/trainer.h>
+
+#include <ATen/autocast_mode.h>
+
+#include <csignal>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <numeric>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/core/progress.h>
+
+#include "core/seeded.h"
+
+namespace vlmadapt {
+namespace fs = std::filesystem;
+
+double learning_rate(const TrainOptions& o, int64_t epoch, int64_t epochs) {
+  const int64_t warm = o.warmup == "none" ? 0 : o.warmup_epochs;
+  if (epoch < warm) {
+    if (o.warmup == "linear") return o.warmup_lr + (o.lr - o.warmup_lr) * static_cast<double>(epoch) / warm;
+    return o.warmup_lr;
+  }
+  if (o.scheduler == "constant") return o.lr;
+  if (o.scheduler != "cosine") throw Error("train.scheduler: expected cosine or constant, got '" + o.scheduler + "'");
+  return o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch - warm) / static_cast<double>(epochs)));
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, std::vector<torch::Tensor> params) {
+  if (o.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  if (o.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
+  if (o.optimizer == "adamw")
+    return std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
+  throw Error("train.optimizer: expected sgd, adam or adamw, got '" + o.optimizer + "'");
+}
+
+namespace {
+
+void set_lr(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+torch::Tensor rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_rng_state(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainerSetup setup) : s_(std::move(setup)) {
+  epochs_ = s_.recipe.train.epochs_for(s_.recipe.data.shots, s_.recipe.data.dataset);
+}
+
+LoaderOptions Trainer::loader_options(int64_t epoch) const {
+  const auto& t = s_.recipe.train;
+  LoaderOptions o;
+  o.n_px = static_cast<int>(s_.clip->image_resolution());
+  o.batch_size = t.batch_size;
+  o.shuffle = true;
+  o.drop_last = static_cast<int64_t>(s_.dataset->train.size()) >= t.batch_size;  // as Dassl
+  o.augment = true;
+  o.augmentation.size = o.n_px;
+  o.augmentation.scale_min = t.scale_min;
+  o.augmentation.flip = t.flip;
+  o.workers = s_.recipe.data.workers;
+  o.seed = static_cast<uint64_t>(s_.recipe.data.seed);
+  o.epoch = epoch;
+  return o;
+}
+
+namespace {
+
+// train.autocast: the forward pass in mixed precision on CUDA (CoOp and TPT train under
+// autocast on GPU); on CPU it changes nothing. The loss and the update stay fp32.
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool on) : on_(on) {
+    if (on_) at::autocast::set_enabled(true);
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+    at::autocast::set_enabled(false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+};
+
+}  // namespace
+
+double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimizer) {
+  torch::Tensor loss;
+  {
+    AutocastScope autocast(s_.recipe.train.autocast && s_.clip->logit_scale().is_cuda());
+    loss = s_.method->loss(batch).to(torch::kFloat);
+  }
+  if (!std::isfinite(loss.item<double>()))
+    throw Error("training diverged: loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
+  optimizer.zero_grad();
+  loss.backward();
+  if (s_.recipe.train.grad_clip > 0)
+    torch::nn::utils::clip_grad_norm_(s_.method->trainable_parameters(), s_.recipe.train.grad_clip);
+  optimizer.step();
+  return loss.item<double>();
+}
+
+double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
+  const auto device = s_.clip->logit_scale().device();
+  BatchLoader loader(*s_.dataset, s_.dataset->train, loader_options(epoch));
+  Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), loader.num_batches(), std::cerr);
+  double total = 0;
+  int64_t steps = 0;
+  for (PixelBatch pb; loader.next(pb);) {
+    Batch batch;
+    batch.labels = pb.labels.to(device);
+    if (s_.method->needs_pixels()) {
+      batch.pixels = pb.pixels.to(device);
+    } else {
+      torch::NoGradGuard no_grad;  // the image tower is frozen: no graph through it
+      batch.image_features = s_.clip->encode_image(pb.pixels.to(device));
+    }
+    total += train_step(batch, optimizer);
+    ++steps;  // not inside the call below: argument evaluation order is unspecified
+    progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
+  }
+  progress.finish();
+  return steps ? total / steps : 0;
+}
+
+// Opt-in: every image has V cached augmented views; an epoch draws one per image.
+double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
+  const auto device = s_.clip->logit_scale().device();
+  const int64_t n = static_cast<int64_t>(s_.dataset->train.size()), views = s_.recipe.train.feature_views;
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seeded::mix(s_.recipe.data.seed, epoch, 0xC0FFEE));
+  seeded::shuffle(order, rng);
+  const int64_t bs = s_.recipe.train.batch_size;
+  const int64_t usable = n >= bs ? n - n % bs : n;  // drop_last as the online loop
+  double total = 0;
+  int64_t steps = 0;
+  for (int64_t start = 0; start < usable; start += bs) {
+    std::vector<int64_t> rows;
+    for (int64_t i = start; i < std::min(start + bs, usable); ++i)
+      rows.push_back(static_cast<int64_t>(seeded::below(rng, views)) * n + order[i]);
+    auto index = torch::tensor(rows, torch::kLong);
+    Batch batch{{}, view_features_.features.index_select(0, index).to(device),
+                view_features_.labels.index_select(0, index).to(device)};
+    total += train_step(batch, optimizer);
+    ++steps;
+  }
+  return steps ? total / steps : 0;
+}
+
+double Trainer::train(bool resume) {
+  auto params = s_.method->trainable_parameters();
+  if (params.empty()) return 0;
+  if (s_.method->needs_pixels() && s_.recipe.train.feature_views > 0)
+    throw Error("train.feature_views: this method runs the image tower itself; cached views do not apply");
+  auto optimizer = make_optimizer(s_.recipe.train, params);
+  int64_t start = resume ? load_checkpoint(*optimizer) : 0;
+  if (s_.recipe.train.feature_views > 0) {
+    std::vector<torch::Tensor> feats, labels;
+    for (int64_t v = 0; v < s_.recipe.train.feature_views; ++v) {
+      auto o = loader_options(-1 - v);  // a stream of its own per view
+      o.shuffle = false;
+      o.drop_last = false;
+      o.batch_size = s_.recipe.eval.batch_size;
+      const std::string tag = "view" + std::to_string(v) + "-seed" + std::to_string(s_.recipe.data.seed) +
+                              "-scale" + std::to_string(o.augmentation.scale_min) + (o.augmentation.flip ? "-flip" : "");
+      auto fs = s_.cache ? s_.cache->features(s_.clip, *s_.dataset, s_.dataset->train, o, tag)
+                         : compute_features(s_.clip, *s_.dataset, s_.dataset->train, o);
+      feats.push_back(fs.features);
+      labels.push_back(fs.labels);
+    }
+    view_features_ = {torch::cat(feats), torch::cat(labels)};
+    if (on_views_cached) on_views_cached();
+  }
+  double loss = 0;
+  for (int64_t epoch = start; epoch < epochs_; ++epoch) {
+    set_lr(*optimizer, learning_rate(s_.recipe.train, epoch, epochs_));
+    loss = s_.recipe.train.feature_views > 0 ? run_cached_epoch(epoch, *optimizer) : run_epoch(epoch, *optimizer);
+    save_checkpoint(epoch, *optimizer, loss);
+    if (on_epoch_end) on_epoch_end(epoch, loss);
+    // Fault injection for the resume test: die like a killed process after this epoch.
+    if (const char* kill = std::getenv("VLMADAPT_KILL_AFTER_EPOCH"); kill && std::atoi(kill) == epoch + 1)
+      std::raise(SIGKILL);
+  }
+  return loss;
+}
+
+void Trainer::save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss) {
+  if (s_.checkpoint_dir.empty()) return;
+  const fs::path root(s_.checkpoint_dir);
+  const fs::path dir = root / ("epoch_" + std::to_string(epoch + 1));
+  fs::create_directories(dir);
+  write_safetensors((dir / "method.safetensors").string(), s_.method->state());
+  write_safetensors((dir / "rng.safetensors").string(), {{"torch_cpu", rng_state()}});
+  const auto opt_tmp = (dir / "optimizer.pt.tmp").string();
+  torch::save(optimizer, opt_tmp);
+  fs::rename(opt_tmp, dir / "optimizer.pt");
+  // latest.json is the commit point: a crash before it leaves the previous epoch in force.
+  write_file_atomic((root / "latest.json").string(),
+                    nlohmann::json{{"epoch", epoch + 1}, {"loss", loss}, {"epochs", epochs_}}.dump());
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && entry.path() != dir) fs::remove_all(entry.path());
+}
+
+int64_t Trainer::load_checkpoint(torch::optim::Optimizer& optimizer) {
+  const fs::path root(s_.checkpoint_dir);
+  if (s_.checkpoint_dir.empty() || !fs::exists(root / "latest.json")) return 0;
+  const auto latest = (root / "latest.json").string();
+  int64_t done = 0;
+  try {
+    done = nlohmann::json::parse(read_file(latest)).at("epoch").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(latest + ": corrupt checkpoint index: " + e.what());
+  }
+  const fs::path dir = root / ("epoch_" + std::to_string(done));
+  s_.method->load_state(read_safetensors((dir / "method.safetensors").string()), (dir / "method.safetensors").string());
+  try {
+    torch::load(optimizer, (dir / "optimizer.pt").string());
+  } catch (const c10::Error& e) {
+    throw Error((dir / "optimizer.pt").string() + ": cannot read optimizer state: " + e.what_without_backtrace());
+  }
+  set_rng_state(read_safetensors((dir / "rng.safetensors").string()).at("torch_cpu"));
+  std::cerr << "resuming after epoch " << done << " from " << dir.string() << "\n";
+  return done;
+}
+
+}  // namespace vlmadapt

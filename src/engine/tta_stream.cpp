@@ -1,0 +1,113 @@
+// vlmadapt tta --stream: test-time adaptation on images as they come (run.h).
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <istream>
+#include <ostream>
+
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/data/image.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/run.h>
+#include <vlmadapt/adapt/tta.h>
+
+#include "core/seeded.h"
+
+namespace vlmadapt {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Image files of a folder, recursively, in path order.
+std::vector<std::string> images_under(const fs::path& dir) {
+  std::vector<std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && is_image_path(e.path().string())) files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// One prediction as a JSON line: the top-k classes with their probabilities.
+json prediction(const std::string& file, const torch::Tensor& logits, const std::vector<std::string>& classnames,
+                int64_t k, double seconds) {
+  auto probs = torch::softmax(logits.reshape(-1).to(torch::kFloat), 0);
+  auto [scores, labels] = probs.topk(std::min<int64_t>(k, probs.size(0)));
+  json top = json::array();
+  for (int64_t i = 0; i < labels.size(0); ++i) {
+    const int64_t label = labels[i].item<int64_t>();
+    top.push_back({{"class", classnames[label]}, {"label", label}, {"score", scores[i].item<double>()}});
+  }
+  return {{"file", file}, {"top", top}, {"seconds", seconds}};
+}
+
+}  // namespace
+
+int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
+                       std::ostream& out, std::ostream& log) {
+  if (inputs.empty()) throw Error("--stream: give image files, folders, or - to read paths from stdin");
+  const Dataset classes = open_dataset(recipe.data);  // the class names and templates
+  LoadOptions lo;
+  lo.device = recipe.model.device;
+  lo.half = recipe.model.half;
+  Clip clip = load_clip(resolve_checkpoint(recipe.model.checkpoint), lo);
+  const auto device = clip->logit_scale().device();
+  auto method = make_method(recipe.method, recipe.method_values);
+  TaskContext task;
+  task.clip = clip;
+  task.dataset = recipe.data.dataset;
+  task.classnames = classes.classnames;
+  task.templates = classes.templates;
+  task.device = device;
+  method->setup(task);
+  TtaViewOptions v;
+  v.views = method->adapts_per_sample() ? recipe.eval.views : 1;
+  v.augmix = recipe.eval.augmix;
+  v.n_px = static_cast<int>(clip->image_resolution());
+  v.seed = static_cast<uint64_t>(recipe.data.seed);
+  const bool augmix = uses_augmix(v.augmix, recipe.data.dataset);
+  std::unique_ptr<ExtraViews> extra = recipe.eval.extra_views.empty() ? nullptr : std::make_unique<ExtraViews>(recipe.eval.extra_views);
+  log << "streaming " << recipe.method << " over " << task.classnames.size() << " classes, " << v.views
+      << " views per image\n";
+
+  int failed = 0;
+  auto handle = [&](const std::string& file) {
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      // Extra views are found by the file's stem beside the folder given.
+      const auto& extras = extra ? extra->of(fs::path(file).filename().string()) : std::vector<std::string>{};
+      Batch b;
+      // Views are seeded by the path, so an image gets the same views wherever it comes.
+      b.pixels = tta_views(decode_image(file), extras, v, augmix, seeded::hash_text(file)).to(device);
+      if (!method->needs_pixels()) {
+        torch::NoGradGuard no_grad;
+        b.image_features = clip->encode_image(b.pixels);
+      }
+      torch::Tensor logits;
+      if (method->adapts_per_sample()) logits = method->adapt_and_predict(b);
+      else {
+        torch::NoGradGuard no_grad;
+        logits = method->logits(b);
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      out << prediction(file, logits.detach().cpu(), task.classnames, 5, seconds).dump() << std::endl;
+    } catch (const std::exception& e) {
+      ++failed;
+      out << json{{"file", file}, {"error", e.what()}}.dump() << std::endl;
+    }
+  };
+  for (const auto& input : inputs) {
+    if (input == "-") {
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty()) handle(line);
+    } else if (fs::is_directory(input)) {
+      for (const auto& f : images_under(input)) handle(f);
+    } else {
+      handle(input);
+    }
+  }
+  return failed;
+}
+
+}  // namespace vlmadapt

@@ -1,0 +1,332 @@
+// `report`: reading run folders, aggregating over seeds, Markdown and CSV.
+// The plots are in report_plot.cpp.
+#include <vlmadapt/report/report.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <tuple>
+
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
+#include <vlmadapt/engine/metrics.h>
+
+namespace vlmadapt::report {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::vector<std::string>& metric_names() {
+  static const std::vector<std::string> names = {"test_top1", "base_top1", "new_top1", "harmonic_mean"};
+  return names;
+}
+
+std::string metric_title(const std::string& metric) {
+  if (metric == "test_top1") return "test top-1 accuracy (%)";
+  if (metric == "base_top1") return "base-class top-1 accuracy (%)";
+  if (metric == "new_top1") return "new-class top-1 accuracy (%)";
+  if (metric == "harmonic_mean") return "harmonic mean of base and new (%)";
+  return metric;
+}
+
+namespace {
+
+json parse_json_file(const std::string& path) {
+  const std::string text = read_file(path);  // throws naming the file when missing
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(path + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
+// The value at `key` of `obj`; `where` names the file (and parent key) for errors.
+const json& need(const json& obj, const std::string& key, const std::string& where) {
+  if (!obj.is_object()) throw Error(where + ": expected a JSON object");
+  auto it = obj.find(key);
+  if (it == obj.end()) throw Error(where + ": missing key \"" + key + "\"");
+  return *it;
+}
+
+std::string need_string(const json& obj, const std::string& key, const std::string& where) {
+  const json& v = need(obj, key, where);
+  if (!v.is_string()) throw Error(where + ": \"" + key + "\" must be a string, got " + v.dump());
+  return v.get<std::string>();
+}
+
+long long need_int(const json& obj, const std::string& key, const std::string& where) {
+  const json& v = need(obj, key, where);
+  if (!v.is_number_integer()) throw Error(where + ": \"" + key + "\" must be an integer, got " + v.dump());
+  return v.get<long long>();
+}
+
+double need_number(const json& v, const std::string& key, const std::string& where) {
+  if (!v.is_number()) throw Error(where + ": \"" + key + "\" must be a number, got " + v.dump());
+  return v.get<double>();
+}
+
+// "base"/"new" are metric objects like "test"; a bare number is accepted too.
+double split_top1(const json& v, const std::string& key, const std::string& where) {
+  if (v.is_object()) return need_number(need(v, "top1", where + " \"" + key + "\""), key + ".top1", where);
+  return need_number(v, key, where);
+}
+
+void read_metrics(Run& run, const std::string& path) {
+  const json m = parse_json_file(path);
+  run.values["test_top1"] = need_number(need(need(m, "test", path), "top1", path + " \"test\""), "test.top1", path);
+  for (const char* split : {"base", "new"})
+    if (m.is_object() && m.contains(split))
+      run.values[std::string(split) + "_top1"] = split_top1(m.at(split), split, path);
+  if (m.contains("harmonic_mean"))
+    run.values["harmonic_mean"] = need_number(m.at("harmonic_mean"), "harmonic_mean", path);
+  else if (run.values.count("base_top1") && run.values.count("new_top1"))
+    run.values["harmonic_mean"] = harmonic_mean(run.values["base_top1"], run.values["new_top1"]);
+}
+
+}  // namespace
+
+std::optional<Run> read_run(const std::string& dir, std::string* skipped) {
+  const std::string run_path = (fs::path(dir) / "run.json").string();
+  const json r = parse_json_file(run_path);
+  const std::string status = need_string(r, "status", run_path);
+  if (status != "finished") {
+    if (skipped) *skipped = dir + ": skipped, status \"" + status + "\" is not \"finished\"";
+    return std::nullopt;
+  }
+  Run run;
+  run.dir = dir;
+  run.dataset = need_string(r, "dataset", run_path);
+  run.method = need_string(r, "method", run_path);
+  run.recipe = need_string(r, "recipe", run_path);
+  const long long shots = need_int(r, "shots", run_path);
+  if (shots < 0 || shots > 1000000) throw Error(run_path + ": \"shots\" must be >= 0, got " + std::to_string(shots));
+  run.shots = static_cast<int>(shots);
+  run.seed = need_int(r, "seed", run_path);
+  read_metrics(run, (fs::path(dir) / "metrics.json").string());
+  return run;
+}
+
+namespace {
+
+// Run folders are leaves: once a folder holds run.json its subfolders (checkpoints,
+// caches) are not searched. Directory symlinks below the given paths are not followed.
+void find_run_dirs(const fs::path& dir, std::vector<fs::path>& out) {
+  if (fs::exists(dir / "run.json")) {
+    out.push_back(dir);
+    return;
+  }
+  std::error_code ec;
+  std::vector<fs::path> children;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_directory() && !it->is_symlink()) children.push_back(it->path());
+  if (ec) throw Error(dir.string() + ": cannot list folder (" + ec.message() + ")");
+  std::sort(children.begin(), children.end());
+  for (const auto& c : children) find_run_dirs(c, out);
+}
+
+std::string run_identity(const Run& r) {
+  return r.dataset + "/" + r.method + "/" + r.recipe + "/" + std::to_string(r.shots) + "shot/seed" +
+         std::to_string(r.seed);
+}
+
+}  // namespace
+
+Collection collect_runs(const std::vector<std::string>& paths) {
+  std::set<fs::path> dirs;  // canonical, so overlapping paths read a run once
+  for (const auto& p : paths) {
+    fs::path path(p);
+    if (!fs::exists(path)) throw Error(p + ": no such file or folder");
+    if (!fs::is_directory(path) && path.filename() == "run.json") path = path.parent_path();
+    if (!fs::is_directory(path)) throw Error(p + ": expected a run folder or a folder of runs");
+    std::vector<fs::path> found;
+    find_run_dirs(path, found);
+    if (found.empty()) throw Error(p + ": no run folders (folders holding run.json) found");
+    for (const auto& d : found) dirs.insert(fs::weakly_canonical(d));
+  }
+  Collection c;
+  std::map<std::string, std::string> seen;  // identity -> folder
+  for (const auto& d : dirs) {
+    std::string why;
+    auto run = read_run(d.string(), &why);
+    if (!run) {
+      c.skipped.push_back(why);
+      continue;
+    }
+    auto [it, fresh] = seen.emplace(run_identity(*run), run->dir);
+    if (!fresh)
+      throw Error(run->dir + ": same run (" + it->first + ") as " + it->second +
+                  "; remove one so its seed is not counted twice");
+    c.runs.push_back(std::move(*run));
+  }
+  return c;
+}
+
+namespace {
+
+// A method is named by its recipe too when one dataset holds several recipes of it,
+// so that different recipes are never averaged together.
+std::map<std::pair<std::string, std::string>, std::set<std::string>> recipes_of(const std::vector<Run>& runs) {
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> out;
+  for (const auto& r : runs) out[{r.dataset, r.method}].insert(r.recipe);
+  return out;
+}
+
+Cell summarize(const std::vector<double>& xs) {
+  Cell c;
+  c.n = static_cast<int>(xs.size());
+  double sum = 0;
+  for (double x : xs) sum += x;
+  c.mean = sum / c.n;
+  if (c.n > 1) {
+    double ss = 0;
+    for (double x : xs) ss += (x - c.mean) * (x - c.mean);
+    c.std = std::sqrt(ss / (c.n - 1));
+  }
+  return c;
+}
+
+}  // namespace
+
+std::vector<Cell> aggregate(const std::vector<Run>& runs) {
+  const auto recipes = recipes_of(runs);
+  using Key = std::tuple<std::string, std::string, int>;
+  std::map<Key, std::map<std::string, std::vector<double>>> groups;
+  for (const auto& r : runs) {
+    const bool several = recipes.at({r.dataset, r.method}).size() > 1;
+    const std::string label = several ? r.method + "/" + r.recipe : r.method;
+    auto& g = groups[Key{r.dataset, label, r.shots}];
+    for (const auto& [metric, value] : r.values) g[metric].push_back(value);
+  }
+  std::vector<Cell> cells;
+  for (const auto& [key, by_metric] : groups)
+    for (const auto& metric : metric_names()) {
+      auto it = by_metric.find(metric);
+      if (it == by_metric.end()) continue;
+      Cell c = summarize(it->second);
+      std::tie(c.dataset, c.method, c.shots) = key;
+      c.metric = metric;
+      cells.push_back(c);
+    }
+  return cells;
+}
+
+namespace {
+
+std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+std::string md_escape(std::string s) {
+  for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2) s.insert(i, "\\");
+  return s;
+}
+
+std::string md_cell(const Cell& c) {
+  std::string s = fmt("%.1f", c.mean);
+  if (c.n > 1) s += " ± " + fmt("%.1f", c.std);
+  return s + " (n=" + std::to_string(c.n) + ")";
+}
+
+std::string shots_header(int shots) { return shots == 0 ? "zero-shot" : std::to_string(shots) + "-shot"; }
+
+// One table: rows = methods, columns = the shot counts present for this metric.
+std::string md_table(const std::vector<const Cell*>& cells) {
+  std::set<int> shots;
+  std::map<std::string, std::map<int, const Cell*>> rows;
+  for (const Cell* c : cells) {
+    shots.insert(c->shots);
+    rows[c->method][c->shots] = c;
+  }
+  std::string out = "| method |", rule = "|---|";
+  for (int k : shots) out += " " + shots_header(k) + " |", rule += "---|";
+  out += "\n" + rule + "\n";
+  for (const auto& [method, by_shots] : rows) {
+    out += "| " + md_escape(method) + " |";
+    for (int k : shots) {
+      auto it = by_shots.find(k);
+      out += " " + (it == by_shots.end() ? std::string("-") : md_cell(*it->second)) + " |";
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char ch : s) out += (ch == '"') ? std::string("\"\"") : std::string(1, ch);
+  return out + "\"";
+}
+
+std::vector<std::string> datasets_of(const std::vector<Cell>& cells) {
+  std::vector<std::string> out;
+  for (const auto& c : cells)
+    if (std::find(out.begin(), out.end(), c.dataset) == out.end()) out.push_back(c.dataset);
+  return out;
+}
+
+std::vector<const Cell*> select(const std::vector<Cell>& cells, const std::string& dataset,
+                                const std::string& metric) {
+  std::vector<const Cell*> out;
+  for (const auto& c : cells)
+    if (c.dataset == dataset && c.metric == metric) out.push_back(&c);
+  return out;
+}
+
+}  // namespace
+
+std::string markdown(const std::vector<Cell>& cells) {
+  std::string out = "# Results\n\nMean ± sample standard deviation over seeds; n = number of seeds.\n";
+  for (const auto& dataset : datasets_of(cells)) {
+    out += "\n## " + md_escape(dataset) + "\n";
+    for (const auto& metric : metric_names()) {
+      const auto selected = select(cells, dataset, metric);
+      if (selected.empty()) continue;
+      out += "\n" + metric_title(metric) + "\n\n" + md_table(selected);
+    }
+  }
+  return out;
+}
+
+std::string csv(const std::vector<Cell>& cells) {
+  std::string out = "dataset,method,shots,metric,mean,std,n\n";
+  for (const auto& c : cells)
+    out += csv_field(c.dataset) + "," + csv_field(c.method) + "," + std::to_string(c.shots) + "," + c.metric + "," +
+           fmt("%.4f", c.mean) + "," + fmt("%.4f", c.std) + "," + std::to_string(c.n) + "\n";
+  return out;
+}
+
+namespace {
+// Dataset names become file names: keep them to a safe alphabet.
+std::string file_stem(const std::string& s) {
+  std::string out;
+  for (char ch : s) out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.') ? ch : '_';
+  return out.empty() ? "_" : out;
+}
+}  // namespace
+
+std::vector<std::string> write_report(const std::vector<Cell>& cells, const std::string& out_dir) {
+  std::vector<std::string> written;
+  auto put = [&](const std::string& name, const std::string& data) {
+    const std::string path = (fs::path(out_dir) / name).string();
+    write_file_atomic(path, data);
+    written.push_back(path);
+  };
+  put("report.md", markdown(cells));
+  put("report.csv", csv(cells));
+  for (const auto& dataset : datasets_of(cells))
+    for (const auto& metric : metric_names()) {
+      if (select(cells, dataset, metric).empty()) continue;
+      const std::string stem = file_stem(dataset) + "_" + metric;
+      put(stem + ".svg", plot_svg(cells, dataset, metric));
+      put(stem + ".png", plot_png(cells, dataset, metric));
+    }
+  return written;
+}
+
+}  // namespace vlmadapt::report

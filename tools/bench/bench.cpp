@@ -1,0 +1,219 @@
+#include "bench/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+
+#include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/data/dataset.h>
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/run.h>
+#include <vlmadapt/engine/trainer.h>
+
+#include "backbone/fused_tower.h"
+
+namespace vlmadapt {
+namespace {
+
+// Median seconds of `reps` calls after one warm-up call, as perf_py.py's timed().
+double timed(const std::function<void()>& fn, int reps) {
+  fn();
+  std::vector<double> ts;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+// Multiply-adds x 2 of one ViT image-tower forward pass (0 for ResNets).
+double vit_flops(const ClipConfig& c) {
+  if (!c.vision_vit) return 0;
+  const double grid = c.image_resolution / c.vision_patch_size, t = grid * grid + 1, w = c.vision_width;
+  const double layers = c.vision_layers.empty() ? 0 : c.vision_layers.front();
+  const double patches = 2 * grid * grid * 3 * c.vision_patch_size * c.vision_patch_size * w;
+  const double per_layer = 24 * t * w * w + 4 * t * t * w;  // qkv, out, MLP; scores and mix
+  return patches + layers * per_layer + 2 * w * c.embed_dim;
+}
+
+// Seconds of encode_image(x) with the fused blocks' matrix products alone (see
+// detail::MatrixProductsOnly): the floor that the BLAS sets for this tower and batch.
+double products_only_seconds(Clip clip, const torch::Tensor& x, int reps) {
+  detail::MatrixProductsOnly products_only;
+  torch::NoGradGuard no_grad;
+  return timed([&] { clip->encode_image(x); }, reps);
+}
+
+double matmul_gflops(int reps) {
+  const int64_t n = 2048;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  const double t = timed([&] { torch::mm(a, b); }, reps);
+  return 2.0 * n * n * n / t / 1e9;
+}
+
+// Distinct class names of 1 to 4 tokens, as perf_py.py's prompts: class i repeats one
+// single-token word (from vocabulary id 500 + i on) 1 + i % 4 times.
+TaskContext bench_task(Clip clip, int64_t n_cls) {
+  TaskContext t;
+  t.clip = clip;
+  t.dataset = "bench";
+  int64_t id = 500;
+  for (int64_t i = 0; i < n_cls; ++i) {
+    std::string word;
+    do {
+      word = t.tokenizer.decode({id++});
+      while (!word.empty() && word.back() == ' ') word.pop_back();
+    } while (word.empty() || t.tokenizer.encode(word + " " + word).size() != 2);
+    std::string name = word;
+    for (int64_t k = 0; k < i % 4; ++k) name += " " + word;
+    t.classnames.push_back(name);
+  }
+  t.templates = {"a photo of a {}."};
+  return t;
+}
+
+nlohmann::json bench_encode(Clip clip, const BenchOptions& o) {
+  const int64_t r = clip->image_resolution();
+  auto x = torch::randn({o.batch, 3, r, r});
+  const double t = timed([&] {
+    torch::NoGradGuard no_grad;
+    clip->encode_image(x);
+  }, o.reps);
+  const double flops = vit_flops(clip->config()) * static_cast<double>(o.batch);
+  nlohmann::json out = {{"images_per_s", static_cast<double>(o.batch) / t}};
+  if (flops > 0) out["gflops"] = flops / t / 1e9;
+  out["matmul_gflops"] = matmul_gflops(o.reps);
+  out["products_only_images_per_s"] = static_cast<double>(o.batch) / products_only_seconds(clip, x, o.reps);
+  return out;
+}
+
+nlohmann::json bench_coop(Clip clip, const BenchOptions& o) {
+  auto method = make_method("coop", {{"coop.n_ctx", "16"}});
+  method->setup(bench_task(clip, o.n_cls));
+  const Recipe recipe = coop_bench_recipe();
+  Trainer trainer(TrainerSetup{method.get(), clip, nullptr, recipe, "", nullptr});
+  auto optimizer = make_optimizer(recipe.train, method->trainable_parameters());
+  const int64_t r = clip->image_resolution();
+  auto x = torch::randn({o.batch, 3, r, r});
+  auto y = torch::randint(0, o.n_cls, {o.batch}, torch::kLong);
+  double loss = 0;
+  const double t = timed([&] {
+    Batch b;
+    b.labels = y;
+    {
+      torch::NoGradGuard no_grad;  // as the trainer: the frozen image tower without a graph
+      b.image_features = clip->encode_image(x);
+    }
+    loss = trainer.train_step(b, *optimizer);
+  }, o.reps);
+  return {{"seconds_per_step", t}, {"loss", loss}};
+}
+
+nlohmann::json bench_tpt(Clip clip, const BenchOptions& o) {
+  auto method = make_method("tpt");
+  method->setup(bench_task(clip, o.n_cls));
+  const int64_t r = clip->image_resolution();
+  auto views = torch::randn({64, 3, r, r});
+  int64_t predicted = -1;
+  std::vector<double> encode_seconds;
+  const double t = timed([&] {
+    Batch b;  // as the evaluator: frozen features of the views, then the method's hook
+    b.pixels = views;
+    const auto t0 = std::chrono::steady_clock::now();
+    {
+      torch::NoGradGuard no_grad;
+      b.image_features = clip->encode_image(views);
+    }
+    encode_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    predicted = method->adapt_and_predict(b).argmax(-1).item<int64_t>();
+  }, o.reps);
+  // Of which the image tower on the views: the median over the timed calls, as the total.
+  encode_seconds.erase(encode_seconds.begin());  // the warm-up call
+  std::sort(encode_seconds.begin(), encode_seconds.end());
+  return {{"seconds_per_image", t}, {"encode_seconds", encode_seconds[encode_seconds.size() / 2]},
+          {"encode_products_only_seconds", products_only_seconds(clip, views, o.reps)}, {"prediction", predicted}};
+}
+
+// One CoOp epoch through the real loop, online and from cached views. Times come from the
+// trainer's hooks: the second epoch of each run is timed, and the cache build on its own.
+nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
+  DataOptions d;
+  d.dataset = "fashion_mnist";
+  Dataset few = sample_few_shot(open_dataset(d), o.shots, 0, 1);
+  TaskContext task;
+  task.clip = clip;
+  task.dataset = few.name;
+  task.classnames = few.classnames;
+  auto epoch_seconds = [&](int feature_views, double* cache_seconds) {
+    auto method = make_method("coop", {{"coop.n_ctx", "16"}});
+    method->setup(task);
+    Recipe recipe = coop_bench_recipe();
+    recipe.data = d;
+    recipe.data.shots = o.shots;
+    recipe.train.epochs = 2;
+    recipe.train.batch_size = o.batch;
+    recipe.train.feature_views = feature_views;
+    Trainer trainer(TrainerSetup{method.get(), clip, &few, recipe, "", nullptr});
+    std::vector<double> ends;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    trainer.on_epoch_end = [&](int64_t, double) { ends.push_back(since_start()); };
+    if (cache_seconds) trainer.on_views_cached = [&] { *cache_seconds = since_start(); };
+    trainer.train(false);
+    return ends.at(1) - ends.at(0);
+  };
+  double cache_seconds = 0;
+  const double online = epoch_seconds(0, nullptr);
+  const double cached = epoch_seconds(o.feature_views, &cache_seconds);
+  return {{"online_seconds", online}, {"cached_seconds", cached}, {"speedup", online / cached},
+          {"cache_seconds", cache_seconds}, {"images", few.train.size()}, {"classes", few.classnames.size()},
+          {"feature_views", o.feature_views}};
+}
+
+}  // namespace
+
+Recipe coop_bench_recipe() {
+  Recipe recipe;
+  recipe.method = "coop";
+  recipe.train.optimizer = "sgd";
+  recipe.train.lr = 0.002;
+  recipe.train.momentum = 0.9;
+  recipe.train.weight_decay = 0;
+  return recipe;
+}
+
+double peak_rss_mb() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+nlohmann::json run_bench(const BenchOptions& o) {
+  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch")
+    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt or epoch");
+  if (o.n_cls < 1 || o.batch < 1 || o.threads < 1 || o.reps < 1 || o.shots < 1 || o.feature_views < 1)
+    throw Error("bench: --n-cls, --batch, --threads, --reps, --shots and --feature-views must be at least 1");
+  torch::set_num_threads(o.threads);
+  torch::manual_seed(0);
+  Clip clip = o.arch == "default" ? load_clip(resolve_checkpoint("default")) : random_clip(o.arch, 0);
+  nlohmann::json out = o.task == "encode" ? bench_encode(clip, o)
+                       : o.task == "coop" ? bench_coop(clip, o)
+                       : o.task == "tpt"  ? bench_tpt(clip, o)
+                                          : bench_epoch(clip, o);
+  out["task"] = o.task;
+  out["arch"] = o.arch;
+  out["n_cls"] = o.n_cls;
+  out["batch"] = o.batch;
+  out["threads"] = o.threads;
+  out["reps"] = o.reps;
+  out["peak_rss_mb"] = peak_rss_mb();
+  out["engine"] = "libtorch " TORCH_VERSION;
+  return out;
+}
+
+}  // namespace vlmadapt

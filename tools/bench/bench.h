@@ -1,0 +1,51 @@
+// vlmadapt bench: the side-by-side yardstick against the Python toolkits
+// (../shared/bench/perf_py.py), on random weights of a named architecture. The coop and
+// tpt tasks run the real method plugins and the trainer's step, not a copy.
+//   encode  image-tower throughput (images/s), with the FLOP rate it reaches and that of
+//           a large single-precision matrix product on this machine, and the throughput
+//           of the tower's matrix products alone (products_only_images_per_s): the floor
+//           that the BLAS sets, against which the rest of the pass costs what is left
+//   coop    seconds per CoOp training step: the image tower on a batch without
+//           gradients, the text tower over all class prompts (16 context vectors)
+//           forward and backward, then SGD
+//   tpt     seconds per test image: 64 views, 4 context vectors, 1 step, the prediction;
+//           with encode_seconds (the 64 views' image tower) and the same tower's matrix
+//           products alone (encode_products_only_seconds)
+//   epoch   seconds per CoOp epoch on the Fashion-MNIST few-shot split (real decoding and
+//           augmentation through the loader), online and from the opt-in cache of frozen
+//           features over train.feature_views augmented views, and their ratio
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <vlmadapt/engine/recipe.h>
+
+namespace vlmadapt {
+
+struct BenchOptions {
+  std::string task = "encode";  // encode | coop | tpt | epoch
+  std::string arch = "ViT-B/16";  // a named architecture (random weights), or "default" (the built-in model)
+  int64_t n_cls = 100;
+  int64_t batch = 32;
+  int threads = 2;
+  int reps = 3;
+  int shots = 16;          // epoch: images per class
+  int feature_views = 8;   // epoch: cached augmented views per image
+};
+
+// Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,
+// seconds_per_step or seconds_per_image; task, arch, n_cls, batch, threads) plus
+// peak_rss_mb and, for encode, gflops, matmul_gflops and products_only_images_per_s; tpt
+// adds encode_seconds and encode_products_only_seconds; epoch prints online_seconds,
+// cached_seconds (one epoch each), speedup and cache_seconds (building the cache once).
+nlohmann::json run_bench(const BenchOptions& options);
+
+// The recipe of the bench's CoOp steps and epochs: CoOp's optimiser (SGD, lr 0.002,
+// momentum 0.9, no weight decay), the method "coop".
+Recipe coop_bench_recipe();
+
+// Peak resident memory of this process so far, in MB (VmHWM).
+double peak_rss_mb();
+
+}  // namespace vlmadapt
