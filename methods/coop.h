@@ -13,18 +13,20 @@ struct CoopOptions {
   PromptLearnerOptions prompt;
   int64_t text_chunk = 0;  // classes per text-tower pass; 0 = all (bounds memory for many classes)
   void bind(OptionSet& s) {
-    s.add("n_ctx", prompt.n_ctx, "number of learnable context vectors (M)");
+    s.add("n_ctx", prompt.n_ctx, "number of learnable context vectors (M)").at_least(1);
     s.add("ctx_init", prompt.ctx_init, "initialise from these words (e.g. 'a photo of a'); empty = random");
     s.add("csc", prompt.csc, "class-specific context (one set of vectors per class)");
-    s.add("class_token_position", prompt.class_token_position, "where the class name goes: end, middle or front");
-    s.add("init_std", prompt.init_std, "std of the random initialisation");
-    s.add("text_chunk", text_chunk, "classes per text-tower pass (0 = all at once)");
+    s.add("class_token_position", prompt.class_token_position, "where the class name goes");
+    s.add("init_std", prompt.init_std, "std of the random initialisation").at_least(0);
+    s.add("text_chunk", text_chunk, "classes per text-tower pass (0 = all at once)").at_least(0);
   }
 };
 
 class Coop : public Method {
  public:
   explicit Coop(const CoopOptions& options) : options_(options) {}
+
+  Contract contract() const override { return {Input::Features, /*fits=*/false, /*trains=*/true}; }
 
   void setup(const TaskContext& task) override {
     clip_ = task.clip;

@@ -16,24 +16,25 @@ struct LinearProbeOptions {
   double c_min_log10 = -3, c_max_log10 = 3;
   int max_iter = 300;
   void bind(OptionSet& s) {
-    s.add("c", c, "inverse regularisation strength; 0 = search it on the validation split");
+    s.add("c", c, "inverse regularisation strength; 0 = search it on the validation split").at_least(0);
     s.add("c_min_log10", c_min_log10, "lower end of the search grid (log10 C)");
     s.add("c_max_log10", c_max_log10, "upper end of the search grid (log10 C)");
-    s.add("max_iter", max_iter, "L-BFGS iterations per fit");
+    s.add("max_iter", max_iter, "L-BFGS iterations per fit").at_least(1);
   }
 };
 
 class LinearProbe : public Method {
  public:
   explicit LinearProbe(const LinearProbeOptions& options) : options_(options) {
-    weight_ = register_buffer("weight", torch::zeros({0}));
-    bias_ = register_buffer("bias", torch::zeros({0}));
+    // [C,E] and [C] once fitted: their shape is the task's.
+    weight_ = register_data_buffer("weight", torch::zeros({0}));
+    bias_ = register_data_buffer("bias", torch::zeros({0}));
     c_ = register_buffer("c", torch::zeros({}, torch::kDouble));
   }
 
   void setup(const TaskContext& task) override { num_classes_ = static_cast<int64_t>(task.classnames.size()); }
 
-  bool fits() const override { return true; }
+  Contract contract() const override { return {Input::Features, /*fits=*/true}; }
   void fit(const FeatureSet& train, const FeatureSet& val) override {
     if (train.features.size(0) == 0) throw Error("linear_probe: the train split is empty");
     double best_c = options_.c;

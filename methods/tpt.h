@@ -27,9 +27,9 @@ struct TptOptions {
   double cosine_selection = 0.0;  // > 0: DiffTPT's filter by cosine similarity to view 0 first
   void bind(OptionSet& s) {
     tuning.bind(s);
-    s.add("selection", selection, "share of views kept by lowest entropy (TPT 0.1; DiffTPT 0.3)");
+    s.add("selection", selection, "share of views kept by lowest entropy (TPT 0.1; DiffTPT 0.3)").range(0, 1);
     s.add("cosine_selection", cosine_selection,
-          "> 0: first keep view 0 and this share of the other views most similar to it (DiffTPT 0.8)");
+          "> 0: first keep view 0 and this share of the other views most similar to it (DiffTPT 0.8)").range(0, 1);
   }
 };
 
@@ -41,12 +41,15 @@ class Tpt : public Method {
     clip_ = task.clip;
     prompt_.setup(*this, task);
   }
-  // Nothing is trained by the few-shot loop: all tuning happens per test image.
-  std::vector<torch::Tensor> trainable_parameters() override { return {}; }
+  // Nothing is trained by the few-shot loop: all tuning happens per test image, from the
+  // same prompt every time, or carried on from image to image with tpt.continual.
+  Contract contract() const override {
+    return {Input::Features, false, false, options_.tuning.continual ? Adaptation::Online : Adaptation::Episodic};
+  }
+  void on_state_loaded() override { prompt_.restart_from_current(); }
   torch::Tensor logits(const Batch& batch) override {
     return cosine_logits(clip_, batch.image_features, prompt_.classifier());
   }
-  bool adapts_per_sample() const override { return true; }
 
   torch::Tensor adapt_and_predict(const Batch& views) override {
     prompt_.begin_image();

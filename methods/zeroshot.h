@@ -29,6 +29,7 @@ class Zeroshot : public Method {
  public:
   explicit Zeroshot(const ZeroshotOptions& options) : options_(options) {}
 
+  Contract contract() const override { return {}; }  // frozen features, nothing learned
   void setup(const TaskContext& task) override {
     clip_ = task.clip;
     classifier_ = class_text_features(clip_, task.tokenizer, task.classnames, resolve_templates(options_.templates, task));

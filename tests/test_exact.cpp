@@ -60,7 +60,7 @@ torch::Tensor reference_text_features(Clip& clip, const torch::Tensor& ctx, cons
 
 PromptLearner learner_for(Clip& clip, int n_ctx, int64_t chunk) {
   torch::manual_seed(3);
-  PromptLearner learner(clip, Tokenizer(), PromptLearnerOptions{n_ctx, "", false, "end", 0.5}, 0);
+  PromptLearner learner(clip, Tokenizer(), PromptLearnerOptions{n_ctx, "", false, ClassPosition::End, 0.5}, 0);
   learner->set_classes(kClasses);
   learner->chunk = chunk;
   return learner;

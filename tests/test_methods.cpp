@@ -50,41 +50,56 @@ Batch batch_for(Method& m, int64_t n, uint64_t seed) {
   auto px = torch::randn({n, 3, clip->image_resolution(), clip->image_resolution()});
   Batch b;
   b.labels = torch::arange(n) % static_cast<int64_t>(kClasses.size());
-  b.pixels = px;  // as the evaluator: pixels always, frozen features unless the method runs the tower
-  if (!m.needs_pixels()) {
+  b.pixels = px;  // as the evaluator: pixels always, frozen features when the method takes them
+  if (m.contract().input == vlmadapt::Input::Features) {
     torch::NoGradGuard no_grad;
     b.image_features = clip->encode_image(px);
   }
   return b;
 }
 
-// A method built, set up and fitted from a seed, as the run does it.
-std::shared_ptr<Method> build(const std::string& name, uint64_t seed) {
+// A method built and set up from a seed, and fitted when it fits, as the run does it.
+std::shared_ptr<Method> build(const std::string& name, uint64_t seed, bool fit = true) {
   shared_clip();  // loaded before seeding (loading leaves the stream alone anyway)
   torch::manual_seed(seed);
   auto m = vlmadapt::make_method(name);
   m->setup(task(shared_clip()));
-  m->fit(features(40, 11), features(20, 12));
+  if (fit && m->contract().fits) m->fit(features(40, 11), features(20, 12));
   return m;
 }
 
-// One optimisation step of the shared loop's kind.
+// One optimisation step of the shared loop's kind, for methods that train.
 void train_step(Method& m, uint64_t seed) {
-  auto params = m.trainable_parameters();
-  if (params.empty()) return;
-  torch::optim::SGD opt(params, torch::optim::SGDOptions(0.01).momentum(0.9));
+  if (!m.contract().trains) return;
+  torch::optim::SGD opt(m.trainable_parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
   opt.zero_grad();
   m.loss(batch_for(m, 8, seed)).backward();
   opt.step();
 }
 
+// What the evaluator gets for a batch: the adapted prediction of one image's views, or logits.
+torch::Tensor predict(Method& m, const Batch& b) {
+  if (m.contract().adapts()) return m.adapt_and_predict(b);
+  torch::NoGradGuard no_grad;
+  return m.logits(b);
+}
+
 class MethodContract : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MethodContract, DeclaresAConsistentContract) {
+  auto m = build(GetParam(), 1);
+  const auto c = m->contract();
+  if (c.trains) EXPECT_FALSE(m->trainable_parameters().empty()) << "a method that trains must have parameters";
+  // The names the registry and recipes use for the contract's choices.
+  EXPECT_NE(vlmadapt::to_string(c.input), "?");
+  EXPECT_NE(vlmadapt::to_string(c.adaptation), "?");
+}
 
 TEST_P(MethodContract, LogitsHaveTheRightShapeAndAreFinite) {
   auto m = build(GetParam(), 1);
   auto b = batch_for(*m, 6, 2);
-  auto logits = m->adapts_per_sample() ? m->adapt_and_predict(b) : m->logits(b);
-  const int64_t rows = m->adapts_per_sample() ? 1 : 6;
+  auto logits = predict(*m, b);
+  const int64_t rows = m->contract().adapts() ? 1 : 6;
   EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{rows, static_cast<int64_t>(kClasses.size())}));
   EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
 }
@@ -94,23 +109,38 @@ TEST_P(MethodContract, FrozenBackboneGetsNoGradientAndDoesNotChange) {
   auto before = shared_clip()->weights();
   for (auto& [k, v] : before) v = v.clone();
   train_step(*m, 3);
-  if (m->adapts_per_sample()) m->adapt_and_predict(batch_for(*m, 8, 4));  // tuning per image leaves no trace
+  if (m->contract().adapts()) m->adapt_and_predict(batch_for(*m, 8, 4));  // tuning per image leaves no trace
   for (const auto& item : shared_clip()->named_parameters(true)) {
     EXPECT_FALSE(item.value().grad().defined()) << item.key();
+    EXPECT_FALSE(item.value().requires_grad()) << item.key();
     EXPECT_TRUE(torch::equal(item.value(), before.at(item.key()))) << item.key();
   }
 }
 
-TEST_P(MethodContract, SaveThenLoadGivesIdenticalLogits) {
+// The state of a fitted or trained method, loaded into a fresh, unfitted instance of
+// another initialisation, gives the same logits bit for bit; for methods that adapt, the
+// same adapted prediction (their reset included: the same image twice gives the same).
+TEST_P(MethodContract, SaveThenLoadIntoAFreshInstanceGivesIdenticalLogits) {
   auto m = build(GetParam(), 1);
   train_step(*m, 3);
   auto state = m->state();
-  auto fresh = build(GetParam(), 99);  // another initialisation
+  auto fresh = build(GetParam(), 99, /*fit=*/false);
   fresh->load_state(state, "contract test");
   auto b = batch_for(*m, 6, 4);
-  torch::NoGradGuard no_grad;
-  if (m->adapts_per_sample()) return;  // per-sample state resets; covered by its own tests
-  EXPECT_TRUE(torch::equal(m->logits(b), fresh->logits(b)));
+  auto expected = predict(*m, b);
+  EXPECT_TRUE(torch::equal(expected, predict(*fresh, b)));
+  if (m->contract().adaptation == vlmadapt::Adaptation::Episodic) {
+    EXPECT_TRUE(torch::equal(expected, predict(*m, b)));
+    EXPECT_TRUE(torch::equal(expected, predict(*fresh, b)));
+  }
+}
+
+TEST_P(MethodContract, LoadStateRejectsAnotherMethodsState) {
+  auto m = build(GetParam(), 1);
+  auto state = m->state();
+  state["not_a_key_of_any_method"] = torch::zeros({1});
+  EXPECT_NE(vt::error_of([&] { m->load_state(state, "other.safetensors"); }).find("other.safetensors: unexpected key"),
+            std::string::npos);
 }
 
 TEST_P(MethodContract, SameSeedGivesTheSameResult) {
@@ -119,8 +149,7 @@ TEST_P(MethodContract, SameSeedGivesTheSameResult) {
   train_step(*a, 6);
   train_step(*b, 6);
   auto batch = batch_for(*a, 6, 7);
-  auto la = a->adapts_per_sample() ? a->adapt_and_predict(batch) : a->logits(batch);
-  auto lb = b->adapts_per_sample() ? b->adapt_and_predict(batch) : b->logits(batch);
+  auto la = predict(*a, batch), lb = predict(*b, batch);
   // BLAS kernels may pick paths by memory alignment, so allow float rounding only.
   EXPECT_TRUE(torch::allclose(la, lb, 0, 1e-5)) << (la - lb).abs().max().item<double>();
 }
@@ -130,7 +159,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, MethodContract, ::testing::ValuesIn(vlmadapt:
 
 TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
-  for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf"})
+  for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }
@@ -152,16 +181,17 @@ TEST(Coop, ContextOptionsAndPositions) {
   torch::manual_seed(0);
   vlmadapt::methods::CoopOptions o;
   o.prompt.n_ctx = 4;
-  for (const char* pos : {"end", "middle", "front"}) {
+  using vlmadapt::ClassPosition;
+  for (auto pos : {ClassPosition::End, ClassPosition::Middle, ClassPosition::Front}) {
     o.prompt.class_token_position = pos;
     vlmadapt::methods::Coop coop(o);
     coop.setup(task(shared_clip()));
-    EXPECT_EQ(coop.learner()->ctx().sizes(), (std::vector<int64_t>{4, 128})) << pos;
+    EXPECT_EQ(coop.learner()->ctx().sizes(), (std::vector<int64_t>{4, 128})) << to_string(pos);
     auto b = batch_for(coop, 3, 1);
-    EXPECT_EQ(coop.logits(b).sizes(), (std::vector<int64_t>{3, 10})) << pos;
+    EXPECT_EQ(coop.logits(b).sizes(), (std::vector<int64_t>{3, 10})) << to_string(pos);
   }
   o.prompt.csc = true;
-  o.prompt.class_token_position = "end";
+  o.prompt.class_token_position = ClassPosition::End;
   vlmadapt::methods::Coop csc(o);
   csc.setup(task(shared_clip()));
   EXPECT_EQ(csc.learner()->ctx().sizes(), (std::vector<int64_t>{10, 4, 128}));

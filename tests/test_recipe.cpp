@@ -25,8 +25,16 @@ using vlmadapt::Error;
 using vlmadapt::OptionSet;
 using vlmadapt::Recipe;
 
+enum class Shade { Light, Dark };
+const std::vector<std::pair<Shade, std::string>>& enum_names(Shade) {
+  static const std::vector<std::pair<Shade, std::string>> n{{Shade::Light, "light"}, {Shade::Dark, "dark"}};
+  return n;
+}
+
 struct ToyOptions {
   int n_ctx = 16;
+  Shade shade = Shade::Light;
+  double rate = 0.5;
   double scale = 1.5;
   bool csc = false;
   std::string position = "end";
@@ -36,7 +44,9 @@ struct ToyOptions {
         .add("scale", scale, "a float")
         .add("csc", csc, "a bool")
         .add("position", position, "a choice", {"end", "middle", "front"})
-        .add("templates", templates, "a list");
+        .add("templates", templates, "a list")
+        .add("shade", shade, "an enum")
+        .add("rate", rate, "a bounded float").range(0, 1);
   }
 };
 
@@ -46,6 +56,7 @@ class Toy : public vlmadapt::Method {
     weight = register_parameter("weight", torch::ones({2, 3}));
     register_buffer("counts", torch::zeros({2}));
   }
+  vlmadapt::Contract contract() const override { return {vlmadapt::Input::Features, false, true}; }
   void setup(const vlmadapt::TaskContext&) override {}
   torch::Tensor logits(const vlmadapt::Batch& b) override { return b.image_features.matmul(weight.t()); }
   ToyOptions options;
@@ -143,7 +154,7 @@ TEST(Recipe, ParsesSectionsAndTypes) {
   EXPECT_EQ(r.model.device, "cuda:0");
   EXPECT_TRUE(r.model.half);
   EXPECT_DOUBLE_EQ(r.train.lr, 0.01);
-  EXPECT_EQ(r.train.optimizer, "adamw");
+  EXPECT_EQ(r.train.optimizer, vlmadapt::Optimizer::AdamW);
   EXPECT_EQ(r.train.epochs, 7);
   EXPECT_EQ(r.eval.split, "val");
   EXPECT_EQ(r.eval.batch_size, 64);
@@ -303,7 +314,7 @@ TEST(Recipe, ImageNetEpochsHoldInEitherOrder) {
 }
 
 TEST(MethodRegistry, BaseClassDefaults) {
-  EXPECT_EQ(vlmadapt::method_options("toy_recipe").entries().size(), 5u);
+  EXPECT_EQ(vlmadapt::method_options("toy_recipe").set().entries().size(), 7u);
   auto m = vlmadapt::make_method("toy_recipe", {{"toy_recipe.n_ctx", "4"}});
   EXPECT_EQ(m->trainable_parameters().size(), 1u);
   vlmadapt::Batch batch{{}, torch::ones({2, 3}), torch::tensor({0, 1}, torch::kLong)};
@@ -370,5 +381,46 @@ INSTANTIATE_TEST_SUITE_P(Shipped, RecipeFile, ::testing::ValuesIn(recipe_files()
                              if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return name;
                          });
+
+}  // namespace
+
+namespace {
+
+TEST(TypedOptions, ARecipeParsesTheMethodsValuesOnceIntoItsOptions) {
+  Recipe r = vlmadapt::parse_recipe_text("method = toy_recipe\n[toy_recipe]\nn_ctx = 3\nshade = dark\nrate = 0.25\n", "t.ini");
+  const auto options = r.method_options();
+  const auto& typed = options.as<ToyOptions>();
+  EXPECT_EQ(typed.n_ctx, 3);
+  EXPECT_EQ(typed.shade, Shade::Dark);
+  EXPECT_EQ(typed.rate, 0.25);
+  auto method = std::dynamic_pointer_cast<Toy>(vlmadapt::make_method(options));
+  ASSERT_TRUE(method);
+  EXPECT_EQ(method->options.shade, Shade::Dark);
+  // Copies are deep: changing one leaves the other as it was.
+  auto copy = options;
+  copy.apply("toy_recipe.n_ctx", "9");
+  EXPECT_EQ(copy.as<ToyOptions>().n_ctx, 9);
+  EXPECT_EQ(options.as<ToyOptions>().n_ctx, 3);
+  EXPECT_THROW(options.as<OtherOptions>(), vlmadapt::Error);
+  // The resolved recipe prints the enum by name.
+  EXPECT_NE(r.to_ini().find("shade = dark"), std::string::npos);
+}
+
+TEST(TypedOptions, ChoicesAndRangesAreCheckedWithTheirAllowedValues) {
+  auto err = vt::error_of([] { vlmadapt::parse_recipe_text("method = toy_recipe\n[toy_recipe]\nshade = grey\n", "t.ini"); });
+  EXPECT_NE(err.find("t.ini: toy_recipe.shade: expected one of light|dark, got 'grey'"), std::string::npos) << err;
+  err = vt::error_of([] { vlmadapt::parse_recipe_text("method = toy_recipe\n[toy_recipe]\nrate = 1.5\n", "t.ini"); });
+  EXPECT_NE(err.find("toy_recipe.rate: expected a number in [0, 1], got '1.5'"), std::string::npos) << err;
+  err = vt::error_of([] { vlmadapt::parse_recipe_text("[train]\nbatch_size = 0\n", "t.ini"); });
+  EXPECT_NE(err.find("train.batch_size: expected a number in [1, inf], got '0'"), std::string::npos) << err;
+  err = vt::error_of([] { vlmadapt::parse_recipe_text("[train]\noptimizer = rmsprop\n", "t.ini"); });
+  EXPECT_NE(err.find("train.optimizer: expected one of sgd|adam|adamw"), std::string::npos) << err;
+  err = vt::error_of([] { vlmadapt::parse_recipe_text("[eval]\nviews = -2\n", "t.ini"); });
+  EXPECT_NE(err.find("eval.views"), std::string::npos) << err;
+  // The help lists what an option accepts.
+  const auto options = vlmadapt::method_options("toy_recipe");
+  EXPECT_EQ(options.set().find("toy_recipe.shade")->accepted(), "one of light|dark");
+  EXPECT_EQ(options.set().find("toy_recipe.rate")->accepted(), "in [0, 1]");
+}
 
 }  // namespace

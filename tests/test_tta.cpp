@@ -242,8 +242,8 @@ TEST(Rlcf, PromptVariantIsEpisodic) {
 
 TEST(Rlcf, ImageVariantRestoresTheBackbone) {
   for (const char* norm_only : {"false", "true"}) {
-    auto rlcf = method("rlcf", {{"rlcf.variant", "image"}, {"rlcf.lr", "0.001"}, {"rlcf.norm_only", norm_only}});
-    ASSERT_TRUE(rlcf->needs_pixels());
+    auto rlcf = method("rlcf_image", {{"rlcf_image.lr", "0.001"}, {"rlcf_image.norm_only", norm_only}});
+    ASSERT_EQ(rlcf->contract().input, vlmadapt::Input::Pixels);
     auto before = tiny()->weights();
     for (auto& [k, v] : before) v = v.clone();
     Batch b = views_of("fmnist736.png", false);
@@ -253,7 +253,7 @@ TEST(Rlcf, ImageVariantRestoresTheBackbone) {
       EXPECT_TRUE(torch::equal(item.value(), before.at(item.key()))) << item.key();
       EXPECT_FALSE(item.value().requires_grad()) << item.key();
     }
-    auto untuned = method("rlcf", {{"rlcf.variant", "image"}, {"rlcf.steps", "0"}})->adapt_and_predict(b);
+    auto untuned = method("rlcf_image", {{"rlcf_image.steps", "0"}})->adapt_and_predict(b);
     EXPECT_FALSE(torch::allclose(first, untuned, 0, 1e-7)) << norm_only;
   }
 }

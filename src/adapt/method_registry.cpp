@@ -33,7 +33,7 @@ std::string shape_text(const at::Tensor& t) {
 bool register_method(MethodInfo info) {
   // Runs before main: an exception here would terminate, so problems are reported and
   // the registration refused instead.
-  if (info.name.empty() || !info.describe || !info.make) {
+  if (info.name.empty() || !info.copy_options || !info.bind || !info.make) {
     std::cerr << "vlmadapt: ignoring a method registration without a name or factory\n";
     return false;
   }
@@ -68,16 +68,45 @@ std::vector<std::string> method_names() {
   return names;  // sorted: the map orders them
 }
 
-OptionSet method_options(const std::string& name) {
-  const MethodInfo& info = find_method(name);
-  OptionSet set(name);
-  info.describe(set);
-  return set;
+// ---- MethodOptions ----------------------------------------------------------
+
+MethodOptions::MethodOptions(const std::string& method) : method_(method), set_(method) {
+  const MethodInfo& info = find_method(method);
+  typed_ = info.copy_options(nullptr);
+  type_ = info.options_type;
+  info.bind(typed_.get(), set_);
 }
 
-std::shared_ptr<Method> make_method(const std::string& name,
-                                    const std::map<std::string, std::string>& values) {
-  return find_method(name).make(values);
+MethodOptions::MethodOptions(const MethodOptions& other) : method_(other.method_), type_(other.type_), set_(other.method_) {
+  const MethodInfo& info = find_method(method_);
+  typed_ = info.copy_options(other.typed_.get());  // the set binds to this copy's fields
+  info.bind(typed_.get(), set_);
+}
+
+MethodOptions& MethodOptions::operator=(const MethodOptions& other) {
+  if (this != &other) {
+    MethodOptions copy(other);
+    method_ = copy.method_;
+    type_ = copy.type_;
+    typed_ = copy.typed_;
+    set_ = OptionSet(method_);
+    find_method(method_).bind(typed_.get(), set_);
+  }
+  return *this;
+}
+
+void MethodOptions::throw_wrong_type() const {
+  throw Error("the options of method '" + method_ + "' are not of the type asked for");
+}
+
+std::shared_ptr<Method> make_method(const MethodOptions& options) {
+  return find_method(options.method()).make(options.as_void());
+}
+
+std::shared_ptr<Method> make_method(const std::string& name, const std::map<std::string, std::string>& values) {
+  MethodOptions options(name);
+  for (const auto& [key, value] : values) options.apply(key, value);
+  return make_method(options);
 }
 
 // ---- Method defaults --------------------------------------------------------
@@ -101,6 +130,11 @@ torch::Tensor Method::adapt_and_predict(const Batch& views) {
   return logits(view0);
 }
 
+torch::Tensor Method::register_data_buffer(const std::string& name, torch::Tensor tensor) {
+  data_buffers_.insert(name);
+  return register_buffer(name, std::move(tensor));
+}
+
 TensorMap Method::state() {
   TensorMap out;
   for (const auto& p : named_parameters(/*recurse=*/true)) out[p.key()] = p.value().detach().clone();
@@ -110,7 +144,8 @@ TensorMap Method::state() {
 
 void Method::load_state(const TensorMap& state, const std::string& where) {
   // Strict: the saved state must hold exactly this method's tensors, with their shapes,
-  // so that a checkpoint of another method or configuration fails loudly.
+  // so that a checkpoint of another method or configuration fails loudly. Data buffers
+  // take the saved shape (and dtype).
   std::map<std::string, torch::Tensor> mine;
   for (const auto& p : named_parameters(true)) mine[p.key()] = p.value();
   for (const auto& b : named_buffers(true)) mine[b.key()] = b.value();
@@ -119,12 +154,19 @@ void Method::load_state(const TensorMap& state, const std::string& where) {
   for (const auto& [key, target] : mine) {
     auto it = state.find(key);
     if (it == state.end()) throw Error(where + ": missing key '" + key + "' in saved state");
-    if (it->second.sizes() != target.sizes())
+    if (!data_buffers_.count(key) && it->second.sizes() != target.sizes())
       throw Error(where + ": key '" + key + "' has shape " + shape_text(it->second) +
                   ", expected " + shape_text(target));
   }
-  torch::NoGradGuard no_grad;
-  for (auto& [key, target] : mine) target.copy_(state.at(key));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [key, target] : mine) {
+      const auto& saved = state.at(key);
+      if (data_buffers_.count(key)) target.set_data(saved.to(target.device()).clone());
+      else target.copy_(saved);
+    }
+  }
+  on_state_loaded();
 }
 
 }  // namespace vlmadapt

@@ -84,9 +84,6 @@ PromptLearnerImpl::PromptLearnerImpl(Clip clip, const Tokenizer& tokenizer, cons
     init = torch::randn(shape, torch::TensorOptions().device(device)) * options.init_std;
   }
   ctx_ = register_parameter("ctx", init.to(torch::kFloat));
-  if (options.class_token_position != "end" && options.class_token_position != "middle" &&
-      options.class_token_position != "front")
-    throw Error("class_token_position: expected end, middle or front, got '" + options.class_token_position + "'");
 }
 
 void PromptLearnerImpl::set_classes(const std::vector<std::string>& classnames) {
@@ -121,7 +118,7 @@ std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::
   auto prefixes = token_prefix_.narrow(0, start, n), suffixes = token_suffix_.narrow(0, start, n);
   auto eot = eot_.narrow(0, start, n);
   const auto& pos = options_.class_token_position;
-  if (pos == "end") return {torch::cat({prefixes, ctx, suffixes}, 1), eot};
+  if (pos == ClassPosition::End) return {torch::cat({prefixes, ctx, suffixes}, 1), eot};
   std::vector<torch::Tensor> rows;
   const int64_t half = n_ctx_ / 2;
   for (int64_t i = 0; i < n; ++i) {
@@ -131,7 +128,7 @@ std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::
     const int64_t len = name_lens_[start + i];
     auto name = suffix.narrow(1, 0, len);
     auto rest = suffix.narrow(1, len, suffix.size(1) - len);
-    if (pos == "middle")
+    if (pos == ClassPosition::Middle)
       rows.push_back(torch::cat({prefix, ctx_i.narrow(1, 0, half), name, ctx_i.narrow(1, half, n_ctx_ - half), rest}, 1));
     else
       rows.push_back(torch::cat({prefix, name, ctx_i, rest}, 1));
@@ -142,7 +139,7 @@ std::pair<torch::Tensor, torch::Tensor> PromptLearnerImpl::prompts(const torch::
 torch::Tensor PromptLearnerImpl::encode_classes(const torch::Tensor& ctx, int64_t start, int64_t n) {
   // With a shared context before the class name, every prompt begins with the same
   // [SOT, ctx]: it runs through the tower once (exact, see encode_text_prefixed).
-  if (options_.class_token_position == "end" && ctx.dim() == 2) {
+  if (options_.class_token_position == ClassPosition::End && ctx.dim() == 2) {
     auto prefix = torch::cat({token_prefix_[0], ctx}, 0);
     return clip_->encode_text_prefixed(prefix, token_suffix_.narrow(0, start, n), eot_.narrow(0, start, n));
   }

@@ -18,10 +18,8 @@ namespace fs = std::filesystem;
 
 bool imagenet_family(const std::string& dataset) { return dataset.rfind("imagenet", 0) == 0; }
 
-bool uses_augmix(const std::string& setting, const std::string& dataset) {
-  if (setting != "auto" && setting != "on" && setting != "off")
-    throw Error("eval.augmix: expected auto, on or off, got '" + setting + "'");
-  return setting == "on" || (setting == "auto" && !imagenet_family(dataset));
+bool uses_augmix(AugmixMode mode, const std::string& dataset) {
+  return mode == AugmixMode::On || (mode == AugmixMode::Auto && !imagenet_family(dataset));
 }
 
 namespace {
@@ -80,7 +78,6 @@ const std::vector<std::string>& ExtraViews::of(const std::string& ref) const {
 }
 
 std::function<torch::Tensor(const Dataset&, const Item&, int64_t)> tta_view_maker(const TtaViewOptions& o) {
-  uses_augmix(o.augmix, "");  // validates the setting early
   std::shared_ptr<ExtraViews> extra = o.extra_views.empty() ? nullptr : std::make_shared<ExtraViews>(o.extra_views);
   return [o, extra](const Dataset& data, const Item& item, int64_t index) {
     static const std::vector<std::string> none;

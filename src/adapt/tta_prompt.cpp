@@ -11,11 +11,11 @@ void TunedPromptOptions::bind(OptionSet& s) {
   s.add("n_ctx", prompt.n_ctx, "context vectors when ctx_init is empty (random init, std 0.02)")
       .add("ctx_init", prompt.ctx_init, "initialise the context from these words; n_ctx = their count")
       .add("init_run", init_run, "a finished coop run folder whose context initialises the prompt")
-      .add("lr", lr, "AdamW learning rate")
-      .add("weight_decay", weight_decay, "AdamW weight decay")
-      .add("steps", steps, "optimisation steps per test image")
+      .add("lr", lr, "AdamW learning rate").at_least(0)
+      .add("weight_decay", weight_decay, "AdamW weight decay").at_least(0)
+      .add("steps", steps, "optimisation steps per test image").at_least(0)
       .add("continual", continual, "carry the tuned prompt and optimizer on to the next image (no reset)")
-      .add("text_chunk", text_chunk, "classes per text-tower pass, recomputed for gradients (0 = all)");
+      .add("text_chunk", text_chunk, "classes per text-tower pass, recomputed for gradients (0 = all)").at_least(0);
 }
 
 torch::Tensor coop_context(const std::string& run_dir) {
@@ -50,6 +50,10 @@ void TunedPrompt::setup(torch::nn::Module& owner, const TaskContext& task) {
   }
   learner_->chunk = options_.text_chunk;
   learner_->set_classes(task.classnames);
+  restart_from_current();
+}
+
+void TunedPrompt::restart_from_current() {
   initial_ctx_ = learner_->ctx().detach().clone();
   optimizer_.reset();
   at_initial_ = false;

@@ -159,18 +159,52 @@ OptionSet& OptionSet::add(const std::string& name, std::string& field, const std
 
 OptionSet& OptionSet::add(const std::string& name, std::string& field, const std::string& help,
                           std::vector<std::string> choices) {
+  auto names = std::make_shared<std::vector<std::string>>(choices);
+  return add_choice(name, help, std::move(choices), [&field, names](size_t i) { field = (*names)[i]; },
+                    [&field] { return field; });
+}
+
+OptionSet& OptionSet::add_choice(const std::string& name, const std::string& help, std::vector<std::string> choices,
+                                 std::function<void(size_t)> set_index, std::function<std::string()> get) {
   Entry e = finish({}, section_, name, help);
-  e.type = "string";
+  e.type = "choice";
   e.choices = std::move(choices);
-  e.set = [key = e.key, choices = e.choices, &field](const std::string& v) {
+  e.set = [key = e.key, choices = e.choices, set_index](const std::string& v) {
     const std::string s = trim(v);
-    if (std::find(choices.begin(), choices.end(), s) == choices.end())
-      bad_value(key, "one of " + join_choices(choices), v);
-    field = s;
+    const auto it = std::find(choices.begin(), choices.end(), s);
+    if (it == choices.end()) bad_value(key, "one of " + join_choices(choices), v);
+    set_index(static_cast<size_t>(it - choices.begin()));
   };
-  e.get = [&field] { return field; };
+  e.get = std::move(get);
   return push(std::move(e));
 }
+
+std::string OptionSet::Entry::accepted() const {
+  if (!choices.empty()) return "one of " + join_choices(choices);
+  if (!min && !max) return "";
+  const auto bound = [](const std::optional<double>& b, const char* none) { return b ? format_double(*b) : std::string(none); };
+  return "in [" + bound(min, "-inf") + ", " + bound(max, "inf") + "]";
+}
+
+OptionSet& OptionSet::range(double lo, double hi) {
+  if (entries_.empty() || (entries_.back().type != "int" && entries_.back().type != "float"))
+    throw Error(section_ + ": range() follows the add() of a number option");
+  Entry& e = entries_.back();
+  if (lo > -std::numeric_limits<double>::infinity()) e.min = lo;
+  if (hi < std::numeric_limits<double>::infinity()) e.max = hi;
+  e.set = [key = e.key, parse = e.set, get = e.get, lo, hi, accepted = e.accepted()](const std::string& v) {
+    const std::string old = get();
+    parse(v);
+    const double x = std::stod(get());
+    if (x < lo || x > hi) {
+      parse(old);
+      bad_value(key, "a number " + accepted, v);
+    }
+  };
+  return *this;
+}
+
+OptionSet& OptionSet::at_least(double lo) { return range(lo, std::numeric_limits<double>::infinity()); }
 
 OptionSet& OptionSet::add(const std::string& name, std::vector<std::string>& field,
                           const std::string& help) {

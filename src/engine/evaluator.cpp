@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include <vlmadapt/core/error.h>
+#include <vlmadapt/engine/dispatch.h>
 #include <vlmadapt/core/progress.h>
 
 namespace vlmadapt {
@@ -40,35 +41,31 @@ void eval_features(const EvalSetup& s, const std::vector<Item>& items, MetricAcc
 }
 
 void eval_pixels(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+  Clip clip = s.clip;
   const auto device = s.clip->logit_scale().device();
   BatchLoader loader(*s.dataset, items, test_loader(s));
   torch::NoGradGuard no_grad;
   int64_t start = 0;
   for (PixelBatch pb; loader.next(pb);) {
-    Batch b{pb.pixels.to(device), {}, pb.labels.to(device)};
+    Batch b = method_batch(*s.method, clip, pb.pixels.to(device), pb.labels.to(device));
     acc.add(s.method->logits(b).to(torch::kFloat).cpu(), pb.labels, refs_of(items, start, pb.labels.size(0)));
     start += pb.labels.size(0);
   }
 }
 
-void eval_adaptive(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+// One test image at a time, in the split's order: the stream of an adapting method.
+void eval_per_image(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
   if (!s.views) throw Error("evaluate: method adapts per sample but no view maker was given");
-  Clip clip = s.clip;
   const auto device = s.clip->logit_scale().device();
   Progress progress("adapt", static_cast<int64_t>(items.size()), std::cerr);
+  ImageStream stream(*s.method, s.clip);
   for (int64_t i = 0; i < static_cast<int64_t>(items.size()); ++i) {
-    auto views = s.views(*s.dataset, items[i], i).to(device);
-    Batch b;
-    b.labels = torch::full({1}, items[i].label, torch::kLong);
-    b.pixels = views;  // methods with a second model (RLCF's reward) need them too
-    if (!s.method->needs_pixels()) {
-      torch::NoGradGuard no_grad;
-      b.image_features = clip->encode_image(views);
-    }
-    auto logits = s.method->adapt_and_predict(b).detach().to(torch::kFloat).cpu();
-    acc.add(logits, b.labels, {items[i].ref});
+    auto label = torch::full({1}, items[i].label, torch::kLong);
+    auto logits = stream.predict(s.views(*s.dataset, items[i], i).to(device), label.to(device));
+    acc.add(logits.to(torch::kFloat).cpu(), label, {items[i].ref});
     progress.update(i + 1, std::nan(""), std::nan(""), 1);
   }
+  stream.finish();
   progress.finish();
 }
 
@@ -77,9 +74,11 @@ void eval_adaptive(const EvalSetup& s, const std::vector<Item>& items, MetricAcc
 Metrics evaluate(const EvalSetup& s, const std::vector<Item>& items, const std::string& tag) {
   if (!s.method || !s.clip || !s.dataset) throw Error("evaluate: method, clip and dataset are required");
   MetricAccumulator acc(static_cast<int64_t>(s.dataset->classnames.size()), s.options.predictions);
-  if (s.method->adapts_per_sample()) eval_adaptive(s, items, acc);
-  else if (s.method->needs_pixels()) eval_pixels(s, items, acc);
-  else eval_features(s, items, acc);
+  switch (eval_path(s.method->contract())) {
+    case EvalPath::PerImage: eval_per_image(s, items, acc); break;
+    case EvalPath::PixelBatches: eval_pixels(s, items, acc); break;
+    case EvalPath::CachedFeatures: eval_features(s, items, acc); break;
+  }
   if (!s.out_dir.empty()) {
     fs::create_directories(s.out_dir);
     if (s.options.confusion)

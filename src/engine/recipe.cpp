@@ -27,37 +27,36 @@ void ModelOptions::bind(OptionSet& set) {
 }
 
 void TrainOptions::bind(OptionSet& set) {
-  set.add("optimizer", optimizer, "optimizer", {"sgd", "adam", "adamw"})
-      .add("lr", lr, "peak learning rate")
-      .add("momentum", momentum, "SGD momentum")
-      .add("weight_decay", weight_decay, "weight decay")
+  set.add("optimizer", optimizer, "optimizer")
+      .add("lr", lr, "peak learning rate").at_least(0)
+      .add("momentum", momentum, "SGD momentum").range(0, 1)
+      .add("weight_decay", weight_decay, "weight decay").at_least(0)
       .add("adam_beta1", adam_beta1, "Adam beta1")
       .add("adam_beta2", adam_beta2, "Adam beta2")
       .add("adam_eps", adam_eps, "Adam epsilon")
-      .add("epochs", epochs, "epochs; 0 = from epochs_by_shots")
+      .add("epochs", epochs, "epochs; 0 = from epochs_by_shots").at_least(0)
       .add("epochs_by_shots", epochs_by_shots,
            "epochs per shot count, 'shots:epochs,...' (unlisted: nearest listed below)")
-      .add("batch_size", batch_size, "training batch size")
-      .add("scheduler", scheduler, "learning-rate schedule after warmup", {"cosine", "constant"})
-      .add("warmup_epochs", warmup_epochs, "warmup epochs (0 = none)")
-      .add("warmup", warmup, "warmup kind", {"constant", "linear", "none"})
-      .add("warmup_lr", warmup_lr, "learning rate of constant warmup / start of linear warmup")
-      .add("grad_clip", grad_clip, "max gradient norm; 0 = off")
+      .add("batch_size", batch_size, "training batch size").at_least(1)
+      .add("scheduler", scheduler, "learning-rate schedule after warmup")
+      .add("warmup_epochs", warmup_epochs, "warmup epochs (0 = none)").at_least(0)
+      .add("warmup", warmup, "warmup kind")
+      .add("warmup_lr", warmup_lr, "learning rate of constant warmup / start of linear warmup").at_least(0)
+      .add("grad_clip", grad_clip, "max gradient norm; 0 = off").at_least(0)
       .add("autocast", autocast, "mixed precision (CUDA only)")
-      .add("scale_min", scale_min, "RandomResizedCrop scale lower bound")
+      .add("scale_min", scale_min, "RandomResizedCrop scale lower bound").range(0, 1)
       .add("flip", flip, "random horizontal flips")
       .add("feature_views", feature_views,
-           ">0: cache frozen features of this many augmented views per image");
+           ">0: cache frozen features of this many augmented views per image").at_least(0);
 }
 
 void EvalOptions::bind(OptionSet& set) {
   set.add("split", split, "split to evaluate", {"train", "val", "test"})
-      .add("batch_size", batch_size, "evaluation batch size")
+      .add("batch_size", batch_size, "evaluation batch size").at_least(1)
       .add("predictions", predictions, "write per-sample predictions as JSON lines")
       .add("confusion", confusion, "write the confusion matrix")
-      .add("views", views, "test-time adaptation: views per test image (the test view + augmented ones)")
-      .add("augmix", augmix, "test-time views: AugMix on the crops (auto = off for the ImageNet family)",
-           {"auto", "on", "off"})
+      .add("views", views, "test-time adaptation: views per test image (the test view + augmented ones)").at_least(1)
+      .add("augmix", augmix, "test-time views: AugMix on the crops (auto = off for the ImageNet family)")
       .add("extra_views", extra_views, "test-time views: folder of extra views named <image>_<i>.<ext>");
 }
 
@@ -149,7 +148,9 @@ void located(const std::string& where, F&& f) {
 
 class Loader {
  public:
-  explicit Loader(Recipe base) : recipe_(std::move(base)), method_values_(recipe_.method_values) {}
+  explicit Loader(Recipe base) : recipe_(std::move(base)) {
+    for (const auto& [key, value] : recipe_.method_values) apply_method_value(section_of(key), key, value, "recipe");
+  }
 
   void apply(const std::string& key, const std::string& value, const std::string& where);
   void apply_text(const std::string& text, const std::string& where);
@@ -160,8 +161,11 @@ class Loader {
 
  private:
   [[noreturn]] void unknown(const std::string& key, const Tables& tables) const;
+  void apply_method_value(const std::string& method, const std::string& key, const std::string& value,
+                          const std::string& where);
   Recipe recipe_;
-  std::map<std::string, std::string> method_values_;  // every method section seen
+  std::map<std::string, std::string> method_values_;  // every method section seen, as written
+  std::map<std::string, MethodOptions> methods_;      // and parsed, once, into each method's options
   std::vector<std::string> reading_;                  // files being read, to catch include cycles
   bool name_set_ = false;
 };
@@ -178,15 +182,17 @@ void Loader::apply(const std::string& key, const std::string& value, const std::
     if (key == "name") name_set_ = true;
     return;
   }
-  if (!section.empty() && !tables.section(section) && is_method(section)) {
-    const OptionSet options = method_options(section);
-    if (options.find(key)) {
-      located(where, [&] { options.set(key, value); });  // validates; the factory parses again
-      method_values_[key] = value;
-      return;
-    }
-  }
+  if (!section.empty() && !tables.section(section) && is_method(section) && method_options(section).set().find(key))
+    return apply_method_value(section, key, value, where);
   located(where, [&] { unknown(key, tables); });
+}
+
+void Loader::apply_method_value(const std::string& method, const std::string& key, const std::string& value,
+                                const std::string& where) {
+  auto it = methods_.find(method);
+  if (it == methods_.end()) it = methods_.emplace(method, MethodOptions(method)).first;
+  located(where, [&] { it->second.apply(key, value); });
+  method_values_[key] = value;
 }
 
 // Suggests from the key's own section when that section exists, else from every key.
@@ -196,12 +202,12 @@ void Loader::unknown(const std::string& key, const Tables& tables) const {
   if (const OptionSet* set = tables.section(section); set && !section.empty()) {
     known = keys_of(*set);
   } else if (!section.empty() && is_method(section)) {
-    known = keys_of(method_options(section));
+    known = keys_of(method_options(section).set());
   } else {
     for (const OptionSet* set : tables.all())
       for (const auto& k : keys_of(*set)) known.push_back(k);
     for (const auto& name : method_names())
-      for (const auto& k : keys_of(method_options(name))) known.push_back(k);
+      for (const auto& k : keys_of(method_options(name).set())) known.push_back(k);
   }
   std::string message = "unknown key '" + key + "'";
   const std::string near = nearest_key(key, known);
@@ -256,6 +262,8 @@ Recipe Loader::finish() {
   const std::string prefix = out.method + ".";
   for (const auto& [key, value] : method_values_)
     if (key.compare(0, prefix.size(), prefix) == 0) out.method_values[key] = value;
+  auto it = methods_.find(out.method);
+  out.parsed_method = std::make_shared<const MethodOptions>(it != methods_.end() ? it->second : MethodOptions(out.method));
   return out;
 }
 
@@ -295,14 +303,19 @@ std::map<std::string, std::string> ini_values(const std::string& text, const std
 std::string Recipe::to_ini() const {
   Recipe copy = *this;  // the tables bind to fields; to_ini is const
   Tables tables(copy);
-  OptionSet method_set = method_options(method);
-  for (const auto& [key, value] : method_values)
-    located("recipe", [&] { method_set.set(key, value); });
+  const MethodOptions options = method_options();
   std::ostringstream out;
   out << "# vlmadapt recipe, resolved: every key of the core sections and of the method.\n";
   for (const OptionSet* set : tables.all()) write_section(out, *set);
-  write_section(out, method_set);
+  write_section(out, options.set());
   return out.str();
+}
+
+MethodOptions Recipe::method_options() const {
+  if (parsed_method && parsed_method->method() == method) return *parsed_method;
+  MethodOptions options(method);
+  for (const auto& [key, value] : method_values) located("recipe", [&] { options.apply(key, value); });
+  return options;
 }
 
 std::string Recipe::run_dir() const {

@@ -8,6 +8,7 @@
 #include <vlmadapt/data/corruption.h>
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/engine/evaluator.h>
+#include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/engine/trainer.h>
 #include <vlmadapt/adapt/tta.h>
@@ -18,16 +19,6 @@ using json = nlohmann::json;
 
 namespace {
 
-struct RunContext {
-  Recipe recipe;
-  fs::path dir;
-  Dataset full, task;  // task: the few-shot split, with the recipe's class subset
-  Clip clip{nullptr};
-  std::string checkpoint;
-  std::unique_ptr<FeatureCache> cache;
-  std::shared_ptr<Method> method;
-};
-
 void write_json(const fs::path& p, const json& j) { write_file_atomic(p.string(), j.dump(2) + "\n"); }
 
 std::string test_transform_tag(const Recipe& r, int64_t n_px) {
@@ -36,43 +27,14 @@ std::string test_transform_tag(const Recipe& r, int64_t n_px) {
   return tag;
 }
 
-TaskContext task_context(const RunContext& c, const Dataset& data) {
-  TaskContext t;
-  t.clip = c.clip;
-  t.dataset = c.recipe.data.dataset;
-  t.classnames = data.classnames;
-  t.templates = data.templates;
-  t.device = c.clip->logit_scale().device();
-  return t;
-}
-
-// Data, backbone and method of a run; the split is drawn once and then read back.
-RunContext open_run(const Recipe& recipe, const fs::path& dir, bool reuse_split) {
+// Where a run keeps what it made besides its context.
+struct Run {
   RunContext c;
-  c.recipe = recipe;
-  c.dir = dir;
-  torch::manual_seed(static_cast<uint64_t>(recipe.data.seed));
-  c.full = open_dataset(recipe.data);
-  if (!recipe.data.corruption.empty())
-    c.full = with_corruption(std::move(c.full), recipe.data.corruption, recipe.data.severity);
-  const fs::path split = dir / "split.json";
-  Dataset few = reuse_split && fs::exists(split)
-                    ? load_split(c.full, split.string())
-                    : sample_few_shot(c.full, recipe.data.shots, recipe.data.val_shots, static_cast<uint64_t>(recipe.data.seed));
-  if (!reuse_split || !fs::exists(split)) save_split(few, split.string());
-  c.task = subsample_classes(few, recipe.data.classes == "new" ? "new" : recipe.data.classes);
-  c.checkpoint = resolve_checkpoint(recipe.model.checkpoint);
-  LoadOptions lo;
-  lo.device = recipe.model.device;
-  lo.half = recipe.model.half;
-  c.clip = load_clip(c.checkpoint, lo);
-  c.cache = std::make_unique<FeatureCache>((fs::path(recipe.output) / ".cache").string(), checkpoint_id(c.checkpoint));
-  c.method = make_method(recipe.method, recipe.method_values);
-  c.method->setup(task_context(c, c.task));
-  return c;
-}
+  fs::path dir;
+};
 
-EvalSetup eval_setup(RunContext& c, const Dataset& data) {
+EvalSetup eval_setup(Run& run, const Dataset& data) {
+  RunContext& c = run.c;
   EvalSetup s;
   s.method = c.method.get();
   s.clip = c.clip;
@@ -81,16 +43,8 @@ EvalSetup eval_setup(RunContext& c, const Dataset& data) {
   s.workers = c.recipe.data.workers;
   s.cache = c.cache.get();
   s.transform_tag = test_transform_tag(c.recipe, c.clip->image_resolution());
-  s.out_dir = c.dir.string();
-  if (c.method->adapts_per_sample()) {
-    TtaViewOptions v;
-    v.views = c.recipe.eval.views;
-    v.augmix = c.recipe.eval.augmix;
-    v.extra_views = c.recipe.eval.extra_views;
-    v.n_px = static_cast<int>(c.clip->image_resolution());
-    v.seed = static_cast<uint64_t>(c.recipe.data.seed);
-    s.views = tta_view_maker(v);
-  }
+  s.out_dir = run.dir.string();
+  if (c.method->contract().adapts()) s.views = tta_view_maker(c.view_options());
   return s;
 }
 
@@ -102,25 +56,26 @@ LoaderOptions feature_loader(const RunContext& c) {
   return o;
 }
 
-json evaluate_splits(RunContext& c, const std::vector<std::string>& splits, std::ostream& log) {
+json evaluate_splits(Run& run, const std::vector<std::string>& splits, std::ostream& log) {
+  RunContext& c = run.c;
   json metrics;
   for (const auto& split : splits) {
     const auto& items = c.task.split(split);
     if (items.empty()) continue;
-    auto m = evaluate(eval_setup(c, c.task), items, split);
+    auto m = evaluate(eval_setup(run, c.task), items, split);
     metrics[split] = m;
     log << split << ": top-1 " << m.top1 << "% over " << m.count << " images\n";
   }
   if (c.recipe.data.classes == "base") {  // base-to-new: the same method on the new classes
     Dataset fresh = sample_few_shot(c.full, 0, 0, static_cast<uint64_t>(c.recipe.data.seed));
     Dataset novel = subsample_classes(fresh, "new");
-    c.method->setup(task_context(c, novel));
-    auto m = evaluate(eval_setup(c, novel), novel.test, "new");
+    c.set_classes(novel);
+    auto m = evaluate(eval_setup(run, novel), novel.test, "new");
     metrics["base"] = metrics["test"];
     metrics["new"] = m;
     metrics["harmonic_mean"] = harmonic_mean(metrics["base"]["top1"].get<double>(), m.top1);
     log << "new: top-1 " << m.top1 << "%, harmonic mean " << metrics["harmonic_mean"].get<double>() << "\n";
-    c.method->setup(task_context(c, c.task));
+    c.set_classes(c.task);
   }
   return metrics;
 }
@@ -167,13 +122,15 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
               {"shots", recipe.data.shots}, {"seed", recipe.data.seed}, {"status", "running"}};
   write_json(dir / "run.json", run);
 
-  RunContext c = open_run(recipe, dir, resume);
+  if (!resume) fs::remove(dir / "split.json");  // a fresh run draws its split again
+  Run r{open_run_context(recipe, (dir / "split.json").string()), dir};
+  RunContext& c = r.c;
   log << "run " << dir.string() << ": " << recipe.method << " on " << recipe.data.dataset << ", "
       << c.task.classnames.size() << " classes, " << c.task.train.size() << " train / " << c.task.val.size()
       << " val / " << c.task.test.size() << " test images\n";
   auto fl = feature_loader(c);
   const std::string tag = test_transform_tag(recipe, c.clip->image_resolution());
-  if (c.method->fits())
+  if (c.method->contract().fits)
     c.method->fit(c.cache->features(c.clip, c.task, c.task.train, fl, tag),
                   c.cache->features(c.clip, c.task, c.task.val, fl, tag));
 
@@ -182,11 +139,11 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   const double loss = trainer.train(resume);
   write_safetensors((dir / "method.safetensors").string(), c.method->state());
 
-  summary.metrics = evaluate_splits(c, {"val", "test"}, log);
+  summary.metrics = evaluate_splits(r, {"val", "test"}, log);
   write_json(dir / "metrics.json", summary.metrics);
   run["status"] = "finished";
   run["final_loss"] = loss;
-  run["epochs"] = c.method->trainable_parameters().empty() ? 0 : trainer.epochs();
+  run["epochs"] = c.method->contract().trains ? trainer.epochs() : 0;
   write_json(dir / "run.json", run);
   return summary;
 }
@@ -196,10 +153,10 @@ json evaluate_run(const std::string& run_dir, const std::string& split, std::ost
   if (!fs::exists(dir / "recipe.ini")) throw Error(run_dir + ": not a run folder (no recipe.ini)");
   if (!fs::exists(dir / "method.safetensors")) throw Error(run_dir + ": run has not finished (no method.safetensors)");
   Recipe recipe = load_recipe({(dir / "recipe.ini").string()});
-  RunContext c = open_run(recipe, dir, true);
+  Run r{open_run_context(recipe, (dir / "split.json").string()), dir};
   const auto state = (dir / "method.safetensors").string();
-  c.method->load_state(read_safetensors(state), state);
-  return evaluate_splits(c, {split}, log);
+  r.c.method->load_state(read_safetensors(state), state);
+  return evaluate_splits(r, {split}, log);
 }
 
 }  // namespace vlmadapt

@@ -15,6 +15,7 @@
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/progress.h>
+#include <vlmadapt/engine/dispatch.h>
 
 #include "core/seeded.h"
 
@@ -22,27 +23,28 @@ namespace vlmadapt {
 namespace fs = std::filesystem;
 
 double learning_rate(const TrainOptions& o, int64_t epoch, int64_t epochs) {
-  const int64_t warm = o.warmup == "none" ? 0 : o.warmup_epochs;
+  const int64_t warm = o.warmup == Warmup::None ? 0 : o.warmup_epochs;
   if (epoch < warm) {
-    if (o.warmup == "linear") return o.warmup_lr + (o.lr - o.warmup_lr) * static_cast<double>(epoch) / warm;
+    if (o.warmup == Warmup::Linear) return o.warmup_lr + (o.lr - o.warmup_lr) * static_cast<double>(epoch) / warm;
     return o.warmup_lr;
   }
-  if (o.scheduler == "constant") return o.lr;
-  if (o.scheduler != "cosine") throw Error("train.scheduler: expected cosine or constant, got '" + o.scheduler + "'");
+  if (o.scheduler == Scheduler::Constant) return o.lr;
   return o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch - warm) / static_cast<double>(epochs)));
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, std::vector<torch::Tensor> params) {
-  if (o.optimizer == "sgd")
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
-  if (o.optimizer == "adam")
-    return std::make_unique<torch::optim::Adam>(
-        params, torch::optim::AdamOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
-  if (o.optimizer == "adamw")
-    return std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
-  throw Error("train.optimizer: expected sgd, adam or adamw, got '" + o.optimizer + "'");
+  switch (o.optimizer) {
+    case Optimizer::Sgd:
+      return std::make_unique<torch::optim::SGD>(
+          params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+    case Optimizer::Adam:
+      return std::make_unique<torch::optim::Adam>(
+          params, torch::optim::AdamOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
+    case Optimizer::AdamW:
+      break;
+  }
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(o.lr).betas({o.adam_beta1, o.adam_beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
 }
 
 namespace {
@@ -117,6 +119,7 @@ double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimize
     throw Error("training diverged: loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
   optimizer.zero_grad();
   loss.backward();
+  s_.method->after_backward();
   if (s_.recipe.train.grad_clip > 0)
     torch::nn::utils::clip_grad_norm_(s_.method->trainable_parameters(), s_.recipe.train.grad_clip);
   optimizer.step();
@@ -130,15 +133,7 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
   double total = 0;
   int64_t steps = 0;
   for (PixelBatch pb; loader.next(pb);) {
-    Batch batch;
-    batch.labels = pb.labels.to(device);
-    if (s_.method->needs_pixels()) {
-      batch.pixels = pb.pixels.to(device);
-    } else {
-      torch::NoGradGuard no_grad;  // the image tower is frozen: no graph through it
-      batch.image_features = s_.clip->encode_image(pb.pixels.to(device));
-    }
-    total += train_step(batch, optimizer);
+    total += train_step(method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device)), optimizer);
     ++steps;  // not inside the call below: argument evaluation order is unspecified
     progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
   }
@@ -172,9 +167,10 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
 }
 
 double Trainer::train(bool resume) {
+  if (!s_.method->contract().trains) return 0;
   auto params = s_.method->trainable_parameters();
-  if (params.empty()) return 0;
-  if (s_.method->needs_pixels() && s_.recipe.train.feature_views > 0)
+  if (params.empty()) throw Error("method " + s_.recipe.method + " trains but has no trainable parameters");
+  if (s_.method->contract().input == Input::Pixels && s_.recipe.train.feature_views > 0)
     throw Error("train.feature_views: this method runs the image tower itself; cached views do not apply");
   auto optimizer = make_optimizer(s_.recipe.train, params);
   int64_t start = resume ? load_checkpoint(*optimizer) : 0;
@@ -196,15 +192,18 @@ double Trainer::train(bool resume) {
     if (on_views_cached) on_views_cached();
   }
   double loss = 0;
+  s_.method->on_train_begin(epochs_);
   for (int64_t epoch = start; epoch < epochs_; ++epoch) {
     set_lr(*optimizer, learning_rate(s_.recipe.train, epoch, epochs_));
     loss = s_.recipe.train.feature_views > 0 ? run_cached_epoch(epoch, *optimizer) : run_epoch(epoch, *optimizer);
     save_checkpoint(epoch, *optimizer, loss);
+    s_.method->on_epoch_end(epoch, epochs_);
     if (on_epoch_end) on_epoch_end(epoch, loss);
     // Fault injection for the resume test: die like a killed process after this epoch.
     if (const char* kill = std::getenv("VLMADAPT_KILL_AFTER_EPOCH"); kill && std::atoi(kill) == epoch + 1)
       std::raise(SIGKILL);
   }
+  s_.method->on_train_end();
   return loss;
 }
 

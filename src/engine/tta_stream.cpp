@@ -9,7 +9,9 @@
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/data/image.h>
 #include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/dispatch.h>
 #include <vlmadapt/engine/run.h>
+#include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/adapt/tta.h>
 
 #include "core/seeded.h"
@@ -47,51 +49,25 @@ json prediction(const std::string& file, const torch::Tensor& logits, const std:
 int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
                        std::ostream& out, std::ostream& log) {
   if (inputs.empty()) throw Error("--stream: give image files, folders, or - to read paths from stdin");
-  const Dataset classes = open_dataset(recipe.data);  // the class names and templates
-  LoadOptions lo;
-  lo.device = recipe.model.device;
-  lo.half = recipe.model.half;
-  Clip clip = load_clip(resolve_checkpoint(recipe.model.checkpoint), lo);
-  const auto device = clip->logit_scale().device();
-  auto method = make_method(recipe.method, recipe.method_values);
-  TaskContext task;
-  task.clip = clip;
-  task.dataset = recipe.data.dataset;
-  task.classnames = classes.classnames;
-  task.templates = classes.templates;
-  task.device = device;
-  method->setup(task);
-  TtaViewOptions v;
-  v.views = method->adapts_per_sample() ? recipe.eval.views : 1;
-  v.augmix = recipe.eval.augmix;
-  v.n_px = static_cast<int>(clip->image_resolution());
-  v.seed = static_cast<uint64_t>(recipe.data.seed);
+  RunContext c = open_class_context(recipe);
+  const TtaViewOptions v = c.view_options();
   const bool augmix = uses_augmix(v.augmix, recipe.data.dataset);
-  std::unique_ptr<ExtraViews> extra = recipe.eval.extra_views.empty() ? nullptr : std::make_unique<ExtraViews>(recipe.eval.extra_views);
-  log << "streaming " << recipe.method << " over " << task.classnames.size() << " classes, " << v.views
+  std::unique_ptr<ExtraViews> extra = v.extra_views.empty() ? nullptr : std::make_unique<ExtraViews>(v.extra_views);
+  log << "streaming " << recipe.method << " over " << c.task.classnames.size() << " classes, " << v.views
       << " views per image\n";
 
   int failed = 0;
+  ImageStream stream(*c.method, c.clip);
   auto handle = [&](const std::string& file) {
     const auto start = std::chrono::steady_clock::now();
     try {
       // Extra views are found by the file's stem beside the folder given.
       const auto& extras = extra ? extra->of(fs::path(file).filename().string()) : std::vector<std::string>{};
-      Batch b;
       // Views are seeded by the path, so an image gets the same views wherever it comes.
-      b.pixels = tta_views(decode_image(file), extras, v, augmix, seeded::hash_text(file)).to(device);
-      if (!method->needs_pixels()) {
-        torch::NoGradGuard no_grad;
-        b.image_features = clip->encode_image(b.pixels);
-      }
-      torch::Tensor logits;
-      if (method->adapts_per_sample()) logits = method->adapt_and_predict(b);
-      else {
-        torch::NoGradGuard no_grad;
-        logits = method->logits(b);
-      }
+      auto views = tta_views(decode_image(file), extras, v, augmix, seeded::hash_text(file)).to(c.device());
+      auto logits = stream.predict(views);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      out << prediction(file, logits.detach().cpu(), task.classnames, 5, seconds).dump() << std::endl;
+      out << prediction(file, logits.cpu(), c.task.classnames, 5, seconds).dump() << std::endl;
     } catch (const std::exception& e) {
       ++failed;
       out << json{{"file", file}, {"error", e.what()}}.dump() << std::endl;
@@ -107,6 +83,7 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
       handle(input);
     }
   }
+  stream.finish();
   return failed;
 }
 

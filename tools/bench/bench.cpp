@@ -9,6 +9,7 @@
 #include <vlmadapt/data/dataset.h>
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/adapt/method.h>
+#include <vlmadapt/engine/dispatch.h>
 #include <vlmadapt/engine/run.h>
 #include <vlmadapt/engine/trainer.h>
 
@@ -101,15 +102,7 @@ nlohmann::json bench_coop(Clip clip, const BenchOptions& o) {
   auto x = torch::randn({o.batch, 3, r, r});
   auto y = torch::randint(0, o.n_cls, {o.batch}, torch::kLong);
   double loss = 0;
-  const double t = timed([&] {
-    Batch b;
-    b.labels = y;
-    {
-      torch::NoGradGuard no_grad;  // as the trainer: the frozen image tower without a graph
-      b.image_features = clip->encode_image(x);
-    }
-    loss = trainer.train_step(b, *optimizer);
-  }, o.reps);
+  const double t = timed([&] { loss = trainer.train_step(method_batch(*method, clip, x, y), *optimizer); }, o.reps);
   return {{"seconds_per_step", t}, {"loss", loss}};
 }
 
@@ -179,7 +172,7 @@ nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
 Recipe coop_bench_recipe() {
   Recipe recipe;
   recipe.method = "coop";
-  recipe.train.optimizer = "sgd";
+  recipe.train.optimizer = Optimizer::Sgd;
   recipe.train.lr = 0.002;
   recipe.train.momentum = 0.9;
   recipe.train.weight_decay = 0;

@@ -22,9 +22,9 @@ int methods(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     if (p.vars.count("name") && p.vars["name"].as<std::string>() != name) continue;
     const auto& info = find_method(name);
     out << name << ": " << info.summary << "\n";
-    const OptionSet options = method_options(name);  // entries() refer into it: keep it alive
-    for (const auto& e : options.entries())
-      out << "  " << e.key << " = " << e.get() << "  (" << e.type << ") " << e.help << "\n";
+    const MethodOptions options = method_options(name);  // entries() refer into it: keep it alive
+    for (const auto& e : options.set().entries())
+      out << "  " << e.key << " = " << e.get() << "  (" << e.type << (e.accepted().empty() ? "" : ", " + e.accepted()) << ") " << e.help << "\n";
     out << "\n";
   }
   if (p.vars.count("name")) find_method(p.vars["name"].as<std::string>());  // unknown name -> error
@@ -67,7 +67,7 @@ int tta(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     if (failed) throw Error(std::to_string(failed) + " image(s) could not be classified (see their \"error\" lines)");
     return 0;
   }
-  if (!make_method(recipe.method, recipe.method_values)->adapts_per_sample())
+  if (!make_method(recipe.method_options())->contract().adapts())
     err << "note: method " << recipe.method << " does not adapt per test image; evaluating it as is\n";
   auto summary = run_recipe(recipe, false, err);
   out << summary.dir << "\n" << summary.metrics.dump(2) << "\n";

@@ -1,24 +1,47 @@
-// The method plugin interface. A method says what it learns and how it scores;
-// the shared loop (trainer.h) and evaluator (evaluator.h) do everything else.
-// Each method is one header in methods/ that registers itself:
+// The method plugin interface. A method declares what it consumes and which phases it
+// has (its Contract), says what it learns and how it scores; the shared loop (trainer.h),
+// evaluator (evaluator.h) and stream (run.h) do everything else, dispatching on the
+// contract in one place (engine/dispatch.h). Each method is one header in methods/ that
+// registers itself; a header outside the tree joins a CLI through vlmadapt_add_cli()
+// (README, "Write your own method"; examples/plugin/).
 //
-//   struct CoopOptions { int n_ctx = 16; ...; void bind(OptionSet& s) { s.add("n_ctx", n_ctx, "..."); } };
-//   class Coop : public Method { ... };
+//   struct CoopOptions { int n_ctx = 16; ...; void bind(OptionSet& s) { s.add("n_ctx", n_ctx, "...").at_least(1); } };
+//   class Coop : public Method {
+//     Contract contract() const override { return {Input::Features, /*fits=*/false, /*trains=*/true}; }
+//     ...
+//   };
 //   VLMADAPT_REGISTER_METHOD(Coop, CoopOptions, "coop", "Context optimization (Zhou et al. 2022)")
+//
+// The order of calls, for every method:
+//   1. the factory builds it from its typed options (defaults, then the recipe's [name] keys);
+//   2. setup(task) with the frozen backbone and the class names (again whenever the class
+//      set changes, e.g. for the new classes of base-to-new). The backbone is already on
+//      the task's device: a method creates its own tensors there; the shared code moves
+//      nothing of the method's;
+//   3. load_state(saved) when the state comes from a file (eval --run, resume): always
+//      after setup, then on_state_loaded();
+//   4. fit(train, val) on frozen features when contract().fits;
+//   5. training when contract().trains: on_train_begin, then per step loss() -> backward
+//      -> after_backward() -> optimizer step, on_epoch_end() after each epoch's
+//      checkpoint, on_train_end();
+//   6. evaluation: logits() per batch, or, when the method adapts, on_stream_begin(),
+//      adapt_and_predict() per test image in stream order, on_stream_end().
 #pragma once
 #include <torch/torch.h>
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <typeindex>
 #include <vector>
 
 #include <vlmadapt/backbone/clip.h>
-#include <vlmadapt/data/features.h>
+#include <vlmadapt/backbone/tokenizer.h>
 #include <vlmadapt/core/options.h>
 #include <vlmadapt/core/safetensors.h>
-#include <vlmadapt/backbone/tokenizer.h>
+#include <vlmadapt/data/features.h>
 
 namespace vlmadapt {
 
@@ -32,9 +55,37 @@ struct TaskContext {
   torch::Device device = torch::kCPU;
 };
 
-// A batch as the loop hands it to a method. Methods that leave the image tower frozen
-// get `image_features` (computed once without gradients); methods with needs_pixels()
-// get `pixels` and run the image tower themselves.
+// What a method takes of each image: the frozen image tower's features (computed once,
+// without gradients, cached on disk), or the pixels (it runs the image tower itself).
+enum class Input { Features, Pixels };
+// Whether and how a method adapts at test time, one image at a time:
+//   None     - logits() of each batch;
+//   Episodic - adapt_and_predict() per image, starting every image from the same state;
+//   Online   - adapt_and_predict() per image in stream order, its state carried on.
+enum class Adaptation { None, Episodic, Online };
+inline const std::vector<std::pair<Input, std::string>>& enum_names(Input) {
+  static const std::vector<std::pair<Input, std::string>> n{{Input::Features, "features"}, {Input::Pixels, "pixels"}};
+  return n;
+}
+inline const std::vector<std::pair<Adaptation, std::string>>& enum_names(Adaptation) {
+  static const std::vector<std::pair<Adaptation, std::string>> n{
+      {Adaptation::None, "none"}, {Adaptation::Episodic, "episodic"}, {Adaptation::Online, "online"}};
+  return n;
+}
+
+// A method's declaration of what it consumes and which phases it has. The shared code
+// reads it, never the method's type.
+struct Contract {
+  Input input = Input::Features;
+  bool fits = false;    // fit() on the few-shot train and val features (training-free)
+  bool trains = false;  // the shared loop optimises trainable_parameters() on loss()
+  Adaptation adaptation = Adaptation::None;
+  bool adapts() const { return adaptation != Adaptation::None; }
+};
+
+// A batch as the shared code hands it to a method: `image_features` when the contract
+// takes features, `pixels` when it takes pixels. Test-time views always carry their
+// pixels too (a second model, e.g. RLCF's reward, may need them).
 struct Batch {
   torch::Tensor pixels;          // [B,3,R,R]
   torch::Tensor image_features;  // [B,E], not normalised
@@ -43,50 +94,95 @@ struct Batch {
 
 class Method : public torch::nn::Module {
  public:
-  // Builds the method's buffers for a task; called again when the class set changes
-  // (base-to-new). Learned state registered with register_parameter/register_buffer
-  // survives; plain members are derived here.
+  virtual Contract contract() const = 0;
+  // Builds the method's derived members for a task (see the order of calls above).
+  // Learned state registered with register_parameter/register_buffer survives.
   virtual void setup(const TaskContext& task) = 0;
-  // True if the method runs the image tower itself (masks, tuned norms).
-  virtual bool needs_pixels() const { return false; }
-  // Parameters the shared loop optimises; empty for training-free methods.
-  virtual std::vector<torch::Tensor> trainable_parameters();
-  // Training-free fitting on the few-shot train and val features (caches, searches on val).
-  // The run extracts those features only for methods whose fits() is true.
-  virtual bool fits() const { return false; }
-  virtual void fit(const FeatureSet& train, const FeatureSet& val) {}
   // Logits [B,C] of a batch.
   virtual torch::Tensor logits(const Batch& batch) = 0;
-  // The training loss; cross-entropy by default.
+
+  // contract().fits: training-free fitting on the few-shot train and val features.
+  virtual void fit(const FeatureSet& train, const FeatureSet& val) {}
+  // contract().trains: the parameters the loop optimises (by default every registered
+  // parameter with requires_grad) and the loss (cross-entropy of logits() by default).
+  virtual std::vector<torch::Tensor> trainable_parameters();
   virtual torch::Tensor loss(const Batch& batch);
-  // Test-time adaptation of one test image: `views` holds its views (view 0 is the test
-  // view): always their pixels, and their frozen features unless needs_pixels(). Returns
-  // logits [1,C] of the prediction. Default: no adaptation.
-  virtual bool adapts_per_sample() const { return false; }
+  // contract().adapts(): the views of one test image (view 0 the test view) -> logits [1,C].
+  // The default scores view 0 without adapting.
   virtual torch::Tensor adapt_and_predict(const Batch& views);
 
+  // Hooks of the shared code, each called from one place (see the order of calls).
+  virtual void on_train_begin(int64_t epochs) {}
+  virtual void after_backward() {}  // gradients are set; the optimizer has not stepped
+  virtual void on_epoch_end(int64_t epoch, int64_t epochs) {}  // epoch 0-based
+  virtual void on_train_end() {}
+  virtual void on_stream_begin() {}
+  virtual void on_stream_end() {}
+  virtual void on_state_loaded() {}  // re-derive members from the loaded state
+
   // Saved state: every registered parameter and buffer.
-  virtual TensorMap state();
-  virtual void load_state(const TensorMap& state, const std::string& where);
+  TensorMap state();
+  // Strict: exactly this method's keys, each with its registered shape, except the
+  // buffers registered with register_data_buffer (their shape is the data's). Ends with
+  // on_state_loaded(). `where` names the source in errors.
+  void load_state(const TensorMap& state, const std::string& where);
+
+ protected:
+  // A buffer whose shape is set by the data (fit() sets it with set_data), e.g. a
+  // linear probe's [C,E] weights or a cache of few-shot features.
+  torch::Tensor register_data_buffer(const std::string& name, torch::Tensor tensor);
+
+ private:
+  std::set<std::string> data_buffers_;
+};
+
+// ---- the registry ------------------------------------------------------------------
+
+// A method's options: its typed options struct, with the OptionSet bound to its fields.
+// Values are parsed once, into the struct, as a recipe is read; the factory takes the
+// struct. Copies are deep.
+class MethodOptions {
+ public:
+  explicit MethodOptions(const std::string& method);  // the method's defaults
+  MethodOptions(const MethodOptions& other);
+  MethodOptions& operator=(const MethodOptions& other);
+  const std::string& method() const { return method_; }
+  const OptionSet& set() const { return set_; }
+  // Parses one "method.key" value into the struct; throws vlmadapt::Error naming the key.
+  void apply(const std::string& key, const std::string& value) { set_.set(key, value); }
+  const void* as_void() const { return typed_.get(); }
+  template <class O>
+  const O& as() const {
+    if (type_ != std::type_index(typeid(O))) throw_wrong_type();
+    return *static_cast<const O*>(typed_.get());
+  }
+
+ private:
+  [[noreturn]] void throw_wrong_type() const;
+  std::string method_;
+  std::shared_ptr<void> typed_;
+  std::type_index type_ = typeid(void);
+  OptionSet set_{""};
 };
 
 struct MethodInfo {
   std::string name;
   std::string summary;
-  // Fills `set` with the method's options at their defaults (listing, validation).
-  std::function<void(OptionSet& set)> describe;
-  // A new method with `values` ("name.key" -> text) applied over the defaults.
-  std::function<std::shared_ptr<Method>(const std::map<std::string, std::string>& values)> make;
+  std::type_index options_type = typeid(void);
+  std::function<std::shared_ptr<void>(const void* from)> copy_options;  // null from: defaults
+  std::function<void(void* options, OptionSet& set)> bind;
+  std::function<std::shared_ptr<Method>(const void* options)> make;
 };
 
 bool register_method(MethodInfo info);
 // Throws vlmadapt::Error listing the known methods for an unknown name.
 const MethodInfo& find_method(const std::string& name);
 std::vector<std::string> method_names();
-// The options of a method at their defaults.
-OptionSet method_options(const std::string& name);
-std::shared_ptr<Method> make_method(const std::string& name,
-                                    const std::map<std::string, std::string>& values = {});
+// The options of a method at their defaults (listing, validation).
+inline MethodOptions method_options(const std::string& name) { return MethodOptions(name); }
+std::shared_ptr<Method> make_method(const MethodOptions& options);
+// Convenience: `values` ("name.key" -> text) over the defaults.
+std::shared_ptr<Method> make_method(const std::string& name, const std::map<std::string, std::string>& values = {});
 
 namespace detail {
 template <class M, class O>
@@ -94,18 +190,12 @@ MethodInfo method_info(const char* name, const char* summary) {
   MethodInfo info;
   info.name = name;
   info.summary = summary;
-  info.describe = [](OptionSet& set) {
-    auto defaults = std::make_shared<O>();  // kept alive by the entries' closures
-    defaults->bind(set);
-    set.keep_alive(defaults);
+  info.options_type = typeid(O);
+  info.copy_options = [](const void* from) -> std::shared_ptr<void> {
+    return from ? std::make_shared<O>(*static_cast<const O*>(from)) : std::make_shared<O>();
   };
-  info.make = [name](const std::map<std::string, std::string>& values) -> std::shared_ptr<Method> {
-    O options;
-    OptionSet set(name);
-    options.bind(set);
-    for (const auto& [key, value] : values) set.set(key, value);
-    return std::make_shared<M>(options);
-  };
+  info.bind = [](void* options, OptionSet& set) { static_cast<O*>(options)->bind(set); };
+  info.make = [](const void* options) -> std::shared_ptr<Method> { return std::make_shared<M>(*static_cast<const O*>(options)); };
   return info;
 }
 }  // namespace detail

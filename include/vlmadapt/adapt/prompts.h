@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <vlmadapt/backbone/clip.h>
@@ -25,11 +26,19 @@ torch::Tensor class_text_features(Clip& clip, const Tokenizer& tokenizer,
 // exp(logit_scale) * normalise(image) @ classifier^T, with the classifier already normalised.
 torch::Tensor cosine_logits(Clip& clip, const torch::Tensor& image_features, const torch::Tensor& classifier);
 
+// Where CoOp puts the class name among the context vectors.
+enum class ClassPosition { End, Middle, Front };
+inline const std::vector<std::pair<ClassPosition, std::string>>& enum_names(ClassPosition) {
+  static const std::vector<std::pair<ClassPosition, std::string>> n{
+      {ClassPosition::End, "end"}, {ClassPosition::Middle, "middle"}, {ClassPosition::Front, "front"}};
+  return n;
+}
+
 struct PromptLearnerOptions {
   int n_ctx = 16;
   std::string ctx_init;                  // e.g. "a photo of a"; sets n_ctx to its token count
   bool csc = false;                      // class-specific context (ignored with ctx_init, as CoOp)
-  std::string class_token_position = "end";  // end | middle | front
+  ClassPosition class_token_position = ClassPosition::End;
   double init_std = 0.02;
 };
 

@@ -7,14 +7,24 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <vlmadapt/data/dataset.h>
 
 namespace vlmadapt {
 
+// eval.augmix: AugMix on the test-time crops; auto = off for the ImageNet family (as TPT).
+enum class AugmixMode { Auto, On, Off };
+inline const std::vector<std::pair<AugmixMode, std::string>>& enum_names(AugmixMode) {
+  static const std::vector<std::pair<AugmixMode, std::string>> n{
+      {AugmixMode::Auto, "auto"}, {AugmixMode::On, "on"}, {AugmixMode::Off, "off"}};
+  return n;
+}
+
 struct TtaViewOptions {
   int views = 64;               // view 0 (the test view) plus views - 1 augmented ones
-  std::string augmix = "auto";  // auto: off for the ImageNet family (as TPT), on otherwise; on | off
+  AugmixMode augmix = AugmixMode::Auto;
   std::string extra_views;      // folder of extra views, <folder>/<ref dir>/<stem>_<i>.<ext> (DiffTPT)
   int n_px = 224;
   uint64_t seed = 0;
@@ -22,9 +32,8 @@ struct TtaViewOptions {
 
 // True for ImageNet and its variants, whose TPT views are crops and flips only.
 bool imagenet_family(const std::string& dataset);
-// Whether the views of `dataset` get AugMix under eval.augmix (auto | on | off); throws
-// vlmadapt::Error naming the key for another value.
-bool uses_augmix(const std::string& setting, const std::string& dataset);
+// Whether the views of `dataset` get AugMix under eval.augmix.
+bool uses_augmix(AugmixMode mode, const std::string& dataset);
 
 // The views of one test image, [V,3,n_px,n_px] normalised: view 0 is CLIP's test view;
 // then views - 1 random resized crops (bilinear) with flips, AugMix'ed when asked; then,

@@ -15,7 +15,7 @@
 namespace vlmadapt {
 
 struct TunedPromptOptions {
-  PromptLearnerOptions prompt{4, "a photo of a", false, "end", 0.02};
+  PromptLearnerOptions prompt{4, "a photo of a", false, ClassPosition::End, 0.02};
   std::string init_run;        // a finished coop run folder: its ctx initialises the prompt
   double lr = 5e-3;
   double weight_decay = 0.01;  // AdamW's PyTorch default, as TPT
@@ -33,6 +33,8 @@ class TunedPrompt {
   void setup(torch::nn::Module& owner, const TaskContext& task);
   // Before each image: episodic mode restores ctx and a fresh optimizer state.
   void begin_image();
+  // The current context becomes the one every image starts from (after a loaded state).
+  void restart_from_current();
   // Normalised text features [C,E] of the current context (with gradients to it).
   // Episodic mode starts every image from the same context, so the first step's features
   // and their graph are the same for every image: they are computed once and

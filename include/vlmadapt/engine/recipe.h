@@ -19,9 +19,29 @@
 #include <vector>
 
 #include <vlmadapt/data/dataset.h>
+#include <vlmadapt/adapt/method.h>
+#include <vlmadapt/adapt/tta.h>
 #include <vlmadapt/core/options.h>
 
 namespace vlmadapt {
+
+enum class Optimizer { Sgd, Adam, AdamW };
+enum class Scheduler { Cosine, Constant };
+enum class Warmup { Constant, Linear, None };
+inline const std::vector<std::pair<Optimizer, std::string>>& enum_names(Optimizer) {
+  static const std::vector<std::pair<Optimizer, std::string>> n{
+      {Optimizer::Sgd, "sgd"}, {Optimizer::Adam, "adam"}, {Optimizer::AdamW, "adamw"}};
+  return n;
+}
+inline const std::vector<std::pair<Scheduler, std::string>>& enum_names(Scheduler) {
+  static const std::vector<std::pair<Scheduler, std::string>> n{{Scheduler::Cosine, "cosine"}, {Scheduler::Constant, "constant"}};
+  return n;
+}
+inline const std::vector<std::pair<Warmup, std::string>>& enum_names(Warmup) {
+  static const std::vector<std::pair<Warmup, std::string>> n{
+      {Warmup::Constant, "constant"}, {Warmup::Linear, "linear"}, {Warmup::None, "none"}};
+  return n;
+}
 
 struct ModelOptions {
   std::string checkpoint = "default";  // a checkpoint path, or "default" = the built-in model
@@ -31,7 +51,7 @@ struct ModelOptions {
 };
 
 struct TrainOptions {
-  std::string optimizer = "sgd";       // sgd | adam | adamw
+  Optimizer optimizer = Optimizer::Sgd;
   double lr = 0.002;
   double momentum = 0.9;
   double weight_decay = 5e-4;
@@ -39,9 +59,9 @@ struct TrainOptions {
   int epochs = 0;                      // 0 = from epochs_by_shots
   std::string epochs_by_shots = "1:50,2:100,4:100,8:200,16:200";  // CoOp's table
   int batch_size = 32;
-  std::string scheduler = "cosine";    // cosine | constant
+  Scheduler scheduler = Scheduler::Cosine;
   int warmup_epochs = 1;
-  std::string warmup = "constant";     // constant | linear | none
+  Warmup warmup = Warmup::Constant;
   double warmup_lr = 1e-5;
   double grad_clip = 0;                // max gradient norm, 0 = off
   bool autocast = false;               // CUDA only
@@ -60,7 +80,7 @@ struct EvalOptions {
   bool confusion = true;
   // Test-time adaptation (methods that adapt per sample): the views of each test image.
   int views = 64;
-  std::string augmix = "auto";
+  AugmixMode augmix = AugmixMode::Auto;
   std::string extra_views;
   void bind(OptionSet& set);
 };
@@ -74,8 +94,12 @@ struct Recipe {
   ModelOptions model;
   TrainOptions train;
   EvalOptions eval;
-  // Every key given for a method section ("coop.n_ctx" -> "16"), applied by the method factory.
+  // Every key given for the method's section ("coop.n_ctx" -> "16"), as written.
   std::map<std::string, std::string> method_values;
+  // The method's typed options: parsed once as the recipe is read (load_recipe); for a
+  // recipe built in code (method and method_values set by hand), parsed on request.
+  MethodOptions method_options() const;
+  std::shared_ptr<const MethodOptions> parsed_method;
 
   // The resolved recipe as INI text: every known key of the core sections and of the method.
   std::string to_ini() const;
