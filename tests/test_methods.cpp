@@ -123,12 +123,21 @@ TEST_P(MethodContract, FrozenBackboneGetsNoGradientAndDoesNotChange) {
 TEST_P(MethodContract, SaveThenLoadIntoAFreshInstanceGivesIdenticalLogits) {
   auto m = build(GetParam(), 1);
   train_step(*m, 3);
+  {  // a state no fresh instance starts from (as TPT's prompt from a CoOp run), loaded
+    auto moved = m->state();
+    torch::manual_seed(8);
+    for (auto& [key, t] : moved)
+      if (t.is_floating_point()) t = t + 0.01 * torch::randn_like(t);
+    m->load_state(moved, "moved state");
+  }
   auto state = m->state();
   auto fresh = build(GetParam(), 99, /*fit=*/false);
   fresh->load_state(state, "contract test");
   auto b = batch_for(*m, 6, 4);
   auto expected = predict(*m, b);
   EXPECT_TRUE(torch::equal(expected, predict(*fresh, b)));
+  // The loaded state is what the prediction rests on: without it the result differs.
+  if (!state.empty()) EXPECT_FALSE(torch::equal(expected, predict(*build(GetParam(), 1), b)));
   if (m->contract().adaptation == vlmadapt::Adaptation::Episodic) {
     EXPECT_TRUE(torch::equal(expected, predict(*m, b)));
     EXPECT_TRUE(torch::equal(expected, predict(*fresh, b)));

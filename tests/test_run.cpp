@@ -12,6 +12,8 @@
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/core/safetensors.h>
 
+#include <vlmadapt/adapt/method.h>
+
 #include "cli/cli.h"
 #include "test_util.h"
 
@@ -84,6 +86,78 @@ TEST(Run, LinearProbeEndToEnd) {
   auto m = metrics_of(run_dir(dir, "linear_probe", "linear_probe"));
   EXPECT_EQ(m["test"]["count"].get<int>(), 500);
   EXPECT_GT(m["test"]["top1"].get<double>(), 10.0);  // well above chance on 10 classes
+  fs::remove_all(dir);
+}
+
+// A finished run of every built-in method evaluates again from its folder alone (its
+// state loaded into a fresh method) to the same numbers.
+TEST(Run, EvalFromTheFolderWorksForEveryMethod) {
+  auto dir = vt::temp_dir("run_every");
+  for (const char* method : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image"}) {
+    std::string log;
+    ASSERT_EQ(cli({"train", "--recipe", recipe(dir, method), "--set", "data.test_limit=12", "train.epochs=1",
+                   "eval.views=4", "eval.predictions=true"}, &log), 0) << method << ": " << log;
+    const auto run = run_dir(dir, method, method);
+    std::ostringstream o, e;
+    ASSERT_EQ(vlmadapt::cli::run({"eval", "--run", run.string()}, o, e), 0) << method << ": " << e.str();
+    auto again = nlohmann::json::parse(o.str());
+    EXPECT_EQ(again["test"]["top1"].get<double>(), metrics_of(run)["test"]["top1"].get<double>()) << method;
+    EXPECT_EQ(again["test"]["ece"].get<double>(), metrics_of(run)["test"]["ece"].get<double>()) << method;
+  }
+  fs::remove_all(dir);
+}
+
+// The shared code calls each hook from one place, as method.h orders them.
+struct HookCounts {
+  int train_begin = 0, after_backward = 0, epoch_end = 0, train_end = 0, stream_begin = 0, stream_end = 0;
+};
+HookCounts& hook_counts() {
+  static HookCounts counts;
+  return counts;
+}
+struct HookProbeOptions {
+  void bind(vlmadapt::OptionSet&) {}
+};
+class HookProbe : public vlmadapt::Method {
+ public:
+  explicit HookProbe(const HookProbeOptions&) { bias_ = register_parameter("bias", torch::zeros({10})); }
+  vlmadapt::Contract contract() const override {
+    return {vlmadapt::Input::Features, false, true, vlmadapt::Adaptation::Online};
+  }
+  void setup(const vlmadapt::TaskContext&) override {}
+  torch::Tensor logits(const vlmadapt::Batch& b) override {
+    const auto& f = b.image_features;
+    return f.narrow(1, 0, 10) + bias_;
+  }
+  void on_train_begin(int64_t) override { ++hook_counts().train_begin; }
+  void after_backward() override {
+    EXPECT_TRUE(bias_.grad().defined());  // gradients are there, the step is not yet taken
+    ++hook_counts().after_backward;
+  }
+  void on_epoch_end(int64_t, int64_t) override { ++hook_counts().epoch_end; }
+  void on_train_end() override { ++hook_counts().train_end; }
+  void on_stream_begin() override { ++hook_counts().stream_begin; }
+  void on_stream_end() override { ++hook_counts().stream_end; }
+
+ private:
+  torch::Tensor bias_;
+};
+VLMADAPT_REGISTER_METHOD(HookProbe, HookProbeOptions, "hook_probe", "test method of test_run: counts hook calls")
+
+TEST(Run, TheSharedCodeCallsEachHookAsMethodHOrdersThem) {
+  auto dir = vt::temp_dir("run_hooks");
+  hook_counts() = {};
+  std::string log;
+  // 4 shots x 10 classes = 40 images, batches of 8: 5 steps per epoch, 3 epochs.
+  ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "hook_probe"), "--set", "train.epochs=3", "data.test_limit=5",
+                 "eval.views=2"}, &log), 0) << log;
+  const auto& c = hook_counts();
+  EXPECT_EQ(c.train_begin, 1);
+  EXPECT_EQ(c.after_backward, 15);
+  EXPECT_EQ(c.epoch_end, 3);
+  EXPECT_EQ(c.train_end, 1);
+  EXPECT_EQ(c.stream_begin, 2);  // the val split, then the test split, each one stream
+  EXPECT_EQ(c.stream_end, 2);
   fs::remove_all(dir);
 }
 
