@@ -10,7 +10,7 @@
 
 #include <vlmadapt/core/safetensors.h>
 
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -13,8 +13,7 @@
 #include <vlmadapt/core/safetensors.h>
 
 #include <vlmadapt/adapt/method.h>
-
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -13,7 +13,7 @@
 #include <vlmadapt/adapt/prompts.h>
 #include <vlmadapt/adapt/tta.h>
 
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 #include "test_util.h"
 
 namespace vlmadapt {

@@ -1,7 +1,3 @@
-#include <iostream>
+#include <vlmadapt/cli/cli.h>
 
-#include "cli/cli.h"
-
-int main(int argc, char** argv) {
-  return vlmadapt::cli::run(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr);
-}
+int main(int argc, char** argv) { return vlmadapt::cli::main(argc, argv); }

@@ -214,16 +214,27 @@ void save_clip(const Clip& clip, const std::string& path, bool half) {
   write_safetensors(path, sd, {{"format", "open_clip"}, {"architecture", clip->config().describe()}});
 }
 
+static std::string& installed_models_dir() {
+  static std::string dir = VLMADAPT_INSTALLED_MODELS_DIR;
+  return dir;
+}
+
+void set_installed_models_dir(const std::string& dir) { installed_models_dir() = dir; }
+
 std::string resolve_checkpoint(const std::string& name) {
   if (name != "default") return name;
   std::vector<fs::path> candidates;
-  if (const char* env = std::getenv("VLMADAPT_MODELS")) candidates.emplace_back(fs::path(env) / "default.safetensors");
-  candidates.emplace_back(fs::path("models") / "default.safetensors");
-  candidates.emplace_back(fs::path(VLMADAPT_INSTALLED_MODELS_DIR) / "default.safetensors");
-  candidates.emplace_back(fs::path(VLMADAPT_MODELS_DIR) / "default.safetensors");
-  for (const auto& c : candidates)
-    if (fs::exists(c)) return c.string();
-  throw Error("model.checkpoint = default: the built-in model was not found (looked in $VLMADAPT_MODELS, ./models, " VLMADAPT_INSTALLED_MODELS_DIR " and " VLMADAPT_MODELS_DIR "); set model.checkpoint to a CLIP checkpoint");
+  if (const char* env = std::getenv("VLMADAPT_MODELS")) candidates.emplace_back(env);
+  candidates.emplace_back("models");
+  candidates.emplace_back(installed_models_dir());
+  candidates.emplace_back(VLMADAPT_MODELS_DIR);
+  std::string looked;
+  for (const auto& c : candidates) {
+    if (fs::exists(c / "default.safetensors")) return (c / "default.safetensors").string();
+    looked += (looked.empty() ? "" : ", ") + c.string();
+  }
+  throw Error("model.checkpoint = default: the built-in model was not found (looked in " + looked +
+              "); set model.checkpoint to a CLIP checkpoint");
 }
 
 }  // namespace vlmadapt

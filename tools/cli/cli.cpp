@@ -1,8 +1,10 @@
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 
 #include <exception>
+#include <filesystem>
 #include <iostream>
 
+#include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/core/error.h>
 
 namespace vlmadapt::cli {
@@ -42,6 +44,18 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   err << "vlmadapt: unknown command '" << args[0] << "'\n";
   usage(err);
   return 2;
+}
+
+int main(int argc, char** argv, const std::string& data_dir) {
+  // An installed package may live under any prefix (cmake --install --prefix), so its
+  // data is found from where the program is, not from the prefix it was configured with.
+  namespace fs = std::filesystem;
+  fs::path dir = data_dir;
+  std::error_code ec;
+  if (dir.empty()) dir = fs::read_symlink("/proc/self/exe", ec).parent_path() / VLMADAPT_DATADIR_FROM_BINDIR;
+  if (!ec && fs::is_directory(dir / "models", ec))
+    set_installed_models_dir((dir / "models").lexically_normal().string());
+  return run(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr);
 }
 
 }  // namespace vlmadapt::cli

@@ -11,7 +11,7 @@
 #include <vlmadapt/vlmadapt.h>
 
 #include "cli/args.h"
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 
 namespace vlmadapt::cli {
 namespace {

@@ -4,7 +4,7 @@
 #include "pretrain/pretrain.h"
 
 #include "cli/args.h"
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 
 namespace vlmadapt::cli {
 namespace {

@@ -5,7 +5,7 @@
 #include <vlmadapt/report/report.h>
 
 #include "cli/args.h"
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 
 namespace vlmadapt::cli {
 namespace {

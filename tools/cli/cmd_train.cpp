@@ -8,7 +8,7 @@
 #include <vlmadapt/engine/run.h>
 
 #include "cli/args.h"
-#include "cli/cli.h"
+#include <vlmadapt/cli/cli.h>
 
 namespace vlmadapt::cli {
 namespace {

@@ -33,8 +33,13 @@ Clip load_clip(const std::string& path, const LoadOptions& options = {});
 Clip random_clip(const std::string& arch, uint64_t seed = 0);
 
 // A checkpoint path for model.checkpoint: "default" is the built-in model, looked for in
-// $VLMADAPT_MODELS, ./models, then the folder it was built or installed with.
+// $VLMADAPT_MODELS, ./models, the installed package's models folder, then the source tree
+// it was built from.
 std::string resolve_checkpoint(const std::string& name);
+// The installed package's models folder (<prefix>/share/vlmadapt/models). It defaults to
+// the install prefix configured at build time; the CLI sets it from where the package
+// really is (an install with --prefix elsewhere, or a moved one).
+void set_installed_models_dir(const std::string& dir);
 
 // Writes an open_clip-keyed safetensors file (the layout of models/).
 void save_clip(const Clip& clip, const std::string& path, bool half = false);
