@@ -17,8 +17,8 @@ struct ClipAdapterOptions {
   int64_t reduction = 4;  // bottleneck width = embedding width / reduction
   std::vector<std::string> templates{"a photo of a {}."};
   void bind(vlmadapt::OptionSet& s) {
-    s.add("ratio", ratio, "residual ratio alpha: alpha * adapter(f) + (1 - alpha) * f");
-    s.add("reduction", reduction, "bottleneck reduction of the adapter MLP");
+    s.add("ratio", ratio, "residual ratio alpha: alpha * adapter(f) + (1 - alpha) * f").range(0, 1);
+    s.add("reduction", reduction, "bottleneck reduction of the adapter MLP").at_least(1);
     s.add("templates", templates, "prompt templates of the frozen text classifier, separated by '|'");
   }
 };
@@ -26,6 +26,9 @@ struct ClipAdapterOptions {
 class ClipAdapter : public vlmadapt::Method {
  public:
   explicit ClipAdapter(const ClipAdapterOptions& options) : options_(options) {}
+
+  // Frozen image features in, the adapter trained by the shared loop.
+  vlmadapt::Contract contract() const override { return {vlmadapt::Input::Features, /*fits=*/false, /*trains=*/true}; }
 
   void setup(const vlmadapt::TaskContext& task) override {
     clip_ = task.clip;
