@@ -1,10 +1,8 @@
 // Checkpoint formats -> one OpenAI-keyed state dict -> ClipImpl::load_weights.
 #include <vlmadapt/backbone/checkpoint.h>
 
-#include <caffe2/serialize/inline_container.h>
-#include <torch/script.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/serialize.h>
+#include <torch/torch.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +13,7 @@
 #include <vlmadapt/core/fs.h>
 
 #include "hf_keys.h"
+#include "torch_archive.h"
 
 namespace vlmadapt {
 namespace fs = std::filesystem;
@@ -43,48 +42,9 @@ std::string head_bytes(const std::string& path, size_t n) {
 
 bool is_zip(const std::string& path) { return head_bytes(path, 4) == std::string("PK\x03\x04", 4); }
 
-bool is_torchscript(const std::string& path) {
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    const std::vector<std::string> records = reader.getAllRecords();  // returned by value
-    return reader.hasRecord("constants.pkl") ||
-           std::any_of(records.begin(), records.end(), [](const std::string& r) { return starts_with(r, "code/"); });
-  } catch (const c10::Error& e) {
-    throw Error(path + ": corrupt or truncated zip archive: " + e.what_without_backtrace());
-  }
-}
-
 TensorMap read_torchscript(const std::string& path) {
-  torch::jit::Module module;
-  try {
-    module = torch::jit::load(path, torch::kCPU);
-  } catch (const c10::Error& e) {
-    throw Error(path + ": cannot read TorchScript archive: " + e.what_without_backtrace());
-  }
-  TensorMap sd;
-  for (const auto& p : module.named_parameters(true)) sd[p.name] = p.value.detach();
-  for (const auto& b : module.named_buffers(true)) sd[b.name] = b.value.detach();
+  TensorMap sd = read_torchscript_tensors(path);
   for (const char* meta : {"input_resolution", "context_length", "vocab_size"}) sd.erase(meta);
-  return sd;
-}
-
-TensorMap read_pickle(const std::string& path) {
-  const std::string bytes = read_file(path);
-  torch::IValue value;
-  try {
-    value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-  } catch (const c10::Error& e) {
-    throw Error(path + ": cannot read torch.save file: " + e.what_without_backtrace());
-  }
-  if (value.isGenericDict() && value.toGenericDict().contains("state_dict"))
-    value = value.toGenericDict().at("state_dict");
-  if (!value.isGenericDict()) throw Error(path + ": expected a state dict (a dict of tensors), found " + value.tagKind());
-  TensorMap sd;
-  for (const auto& item : value.toGenericDict()) {
-    if (!item.key().isString() || !item.value().isTensor())
-      throw Error(path + ": expected a state dict of name -> tensor, found an entry of " + item.value().tagKind());
-    sd[item.key().toStringRef()] = item.value().toTensor();
-  }
   return sd;
 }
 
@@ -132,6 +92,32 @@ void check_layout(const TensorMap& sd, const std::string& path) {
               std::to_string(sd.size()) + " keys" + (sample.empty() ? "" : " like " + sample));
 }
 
+// A lower bound on the parameters of `c` (the big matrices only). Every parameter must come
+// from the file in at least 2 bytes (fp16), so an architecture needing more than the file
+// holds is refused before its modules are allocated: a few bytes of hostile shapes could
+// otherwise size a model of many gigabytes.
+double min_parameters(const ClipConfig& c) {
+  auto sq = [](double x) { return x * x; };
+  double n = c.transformer_layers * 12 * sq(c.transformer_width) + double(c.vocab_size) * c.transformer_width;
+  if (c.vision_vit) {
+    n += c.vision_layers[0] * 12 * sq(c.vision_width) + 3 * sq(c.vision_patch_size) * c.vision_width;
+  } else {
+    n += 3 * sq(32.0 * c.vision_width);  // the attention pool's q, k, v
+    for (size_t s = 0; s < c.vision_layers.size(); ++s)
+      n += c.vision_layers[s] * 9 * sq(c.vision_width * double(1 << s));  // each block's 3x3 conv
+  }
+  return n;
+}
+
+void check_fits_file(const ClipConfig& c, const std::string& path) {
+  std::error_code ec;
+  const double bytes = static_cast<double>(fs::file_size(path, ec));
+  if (min_parameters(c) * 2 > bytes)
+    throw Error(path + ": the architecture read from the file (" + c.describe_values() + ") needs at least " +
+                std::to_string(static_cast<uint64_t>(min_parameters(c) * 2)) + " bytes of weights, but the file has " +
+                std::to_string(static_cast<uint64_t>(bytes)));
+}
+
 }  // namespace
 
 Checkpoint read_checkpoint(const std::string& path_in) {
@@ -149,22 +135,27 @@ Checkpoint read_checkpoint(const std::string& path_in) {
   Checkpoint ck{};
   TensorMap raw;
   if (is_zip(p)) {
-    ck.format = is_torchscript(p) ? CheckpointFormat::OpenAITorchScript : CheckpointFormat::OpenClipPickle;
-    raw = ck.format == CheckpointFormat::OpenAITorchScript ? read_torchscript(p) : read_pickle(p);
+    ck.format = is_torchscript_archive(p) ? CheckpointFormat::OpenAITorchScript : CheckpointFormat::OpenClipPickle;
+    raw = ck.format == CheckpointFormat::OpenAITorchScript ? read_torchscript(p) : read_torch_save_tensors(p);
   } else {
     raw = read_safetensors(p);
     ck.format = looks_like_hf(raw) ? CheckpointFormat::HuggingFace : CheckpointFormat::OpenClipSafetensors;
   }
   std::optional<HfConfig> hf;
+  const std::string hf_config = hf_config_for(path).string();
   if (ck.format == CheckpointFormat::HuggingFace) {
-    hf = read_hf_config(hf_config_for(path).string());
+    hf = read_hf_config(hf_config);
     ck.state_dict = hf_to_openai(std::move(raw), p);
   } else {
     ck.state_dict = openclip_to_openai(std::move(raw));
   }
   check_layout(ck.state_dict, p);
   ck.config = infer_clip_config(ck.state_dict, p);
-  if (hf) apply_hf_config(*hf, ck.config);
+  if (hf) {
+    apply_hf_config(*hf, ck.config);
+    validate_clip_config(ck.config, p + " with " + hf_config);
+  }
+  check_fits_file(ck.config, p);
   return ck;
 }
 

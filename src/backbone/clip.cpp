@@ -67,10 +67,24 @@ const std::vector<std::pair<std::string, ClipConfig>>& named_configs() {
   return all;
 }
 
-const torch::Tensor& need(const TensorMap& sd, const std::string& key, const std::string& where) {
+// The tensor `key` with `dims` dimensions (a hostile file may give any shape, and size(d)
+// of a missing dimension would throw a c10::Error instead of naming the file).
+const torch::Tensor& need(const TensorMap& sd, const std::string& key, const std::string& where, int64_t dims) {
   auto it = sd.find(key);
   if (it == sd.end()) throw Error(where + ": not a CLIP checkpoint: key '" + key + "' is missing");
+  if (it->second.dim() != dims)
+    throw Error(where + ": key '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+                std::to_string(dims) + " dimensions");
   return it->second;
+}
+
+// sqrt(rows - 1) for a positional embedding of a square grid plus the class token.
+int64_t grid_of(const TensorMap& sd, const std::string& key, const std::string& where) {
+  const int64_t rows = need(sd, key, where, 2).size(0);
+  const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(std::max<int64_t>(rows - 1, 0)))));
+  if (grid < 1 || grid * grid + 1 != rows)
+    throw Error(where + ": " + key + " has " + std::to_string(rows) + " rows, expected a square grid plus one");
+  return grid;
 }
 
 // Distinct values of key.split(".")[index] among keys starting with `prefix`.
@@ -106,7 +120,7 @@ ClipConfig infer_clip_config(const TensorMap& sd, const std::string& where) {
   ClipConfig c;
   c.vision_vit = sd.count("visual.proj") > 0;
   if (c.vision_vit) {
-    const auto& conv1 = need(sd, "visual.conv1.weight", where);
+    const auto& conv1 = need(sd, "visual.conv1.weight", where, 4);
     c.vision_width = conv1.size(0);
     c.vision_patch_size = conv1.size(-1);
     int64_t layers = 0;
@@ -117,33 +131,63 @@ ClipConfig infer_clip_config(const TensorMap& sd, const std::string& where) {
         ++layers;
     }
     c.vision_layers = {layers};
-    const auto grid = static_cast<int64_t>(
-        std::lround(std::sqrt(static_cast<double>(need(sd, "visual.positional_embedding", where).size(0) - 1))));
-    c.image_resolution = c.vision_patch_size * grid;
+    c.image_resolution = c.vision_patch_size * grid_of(sd, "visual.positional_embedding", where);
     c.vision_heads = c.vision_width / 64;
   } else {
     c.vision_layers.clear();
     for (int b = 1; b <= 4; ++b) c.vision_layers.push_back(count_distinct(sd, "visual.layer" + std::to_string(b), 2));
-    c.vision_width = need(sd, "visual.layer1.0.conv1.weight", where).size(0);
-    const int64_t rows = need(sd, "visual.attnpool.positional_embedding", where).size(0);
-    const auto out_w = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(rows - 1))));
-    if (out_w * out_w + 1 != rows)
-      throw Error(where + ": visual.attnpool.positional_embedding has " + std::to_string(rows) +
-                  " rows, expected a square grid plus one");
-    c.image_resolution = out_w * 32;
+    c.vision_width = need(sd, "visual.layer1.0.conv1.weight", where, 4).size(0);
+    c.image_resolution = grid_of(sd, "visual.attnpool.positional_embedding", where) * 32;
     c.vision_heads = c.vision_width * 32 / 64;
     c.vision_patch_size = 0;
   }
-  c.embed_dim = need(sd, "text_projection", where).size(1);
-  c.context_length = need(sd, "positional_embedding", where).size(0);
-  c.vocab_size = need(sd, "token_embedding.weight", where).size(0);
-  c.transformer_width = need(sd, "ln_final.weight", where).size(0);
+  c.embed_dim = need(sd, "text_projection", where, 2).size(1);
+  c.context_length = need(sd, "positional_embedding", where, 2).size(0);
+  c.vocab_size = need(sd, "token_embedding.weight", where, 2).size(0);
+  c.transformer_width = need(sd, "ln_final.weight", where, 1).size(0);
   c.transformer_heads = c.transformer_width / 64;
   c.transformer_layers = count_distinct(sd, "transformer.resblocks", 2);
   if (c.transformer_heads < 1 || c.vision_heads < 1)
     throw Error(where + ": widths below 64 give no attention heads (text width " +
                 std::to_string(c.transformer_width) + ")");
+  validate_clip_config(c, where);
   return c;
+}
+
+void validate_clip_config(const ClipConfig& c, const std::string& where) {
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) throw Error(where + ": invalid architecture: expected " + what + " (" + c.describe_values() + ")");
+  };
+  // Upper bounds keep a hostile value from sizing modules beyond any memory; they are far
+  // above the released models (ViT-bigG: width 1664, 48 layers; RN50x64: 448 px).
+  constexpr int64_t kMaxWidth = 1 << 14, kMaxLayers = 1024, kMaxResolution = 1 << 13, kMaxVocab = 1 << 22;
+  auto in = [](int64_t v, int64_t hi) { return v >= 1 && v <= hi; };
+  expect(in(c.transformer_width, kMaxWidth) && in(c.vision_width, kMaxWidth) && in(c.embed_dim, kMaxWidth),
+         "widths in 1.." + std::to_string(kMaxWidth));
+  expect(in(c.transformer_layers, kMaxLayers), "text layers in 1.." + std::to_string(kMaxLayers));
+  expect(c.vision_layers.size() == (c.vision_vit ? 1u : 4u), "1 (ViT) or 4 (ResNet) vision layer counts");
+  for (int64_t l : c.vision_layers) expect(in(l, kMaxLayers), "vision layers in 1.." + std::to_string(kMaxLayers));
+  expect(in(c.context_length, kMaxWidth) && in(c.vocab_size, kMaxVocab), "a positive context length and vocabulary");
+  expect(in(c.transformer_heads, c.transformer_width) && c.transformer_width % c.transformer_heads == 0,
+         "text heads > 0 dividing the text width");
+  const int64_t vision_dim = c.vision_vit ? c.vision_width : c.vision_width * 32;  // ResNet: the attention pool
+  expect(in(c.vision_heads, vision_dim) && vision_dim % c.vision_heads == 0, "vision heads > 0 dividing the vision width");
+  expect(in(c.image_resolution, kMaxResolution), "an image resolution in 1.." + std::to_string(kMaxResolution));
+  if (c.vision_vit)
+    expect(in(c.vision_patch_size, c.image_resolution) && c.image_resolution % c.vision_patch_size == 0,
+           "a patch size dividing the image resolution");
+  else
+    expect(c.image_resolution % 32 == 0, "a ResNet image resolution divisible by 32");
+  expect(std::isfinite(c.layer_norm_eps) && c.layer_norm_eps > 0 && c.layer_norm_eps < 1, "a layer norm eps in (0, 1)");
+}
+
+std::string ClipConfig::describe_values() const {
+  std::string layers;
+  for (int64_t l : vision_layers) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+  return "text width " + std::to_string(transformer_width) + ", heads " + std::to_string(transformer_heads) +
+         ", layers " + std::to_string(transformer_layers) + "; vision width " + std::to_string(vision_width) +
+         ", heads " + std::to_string(vision_heads) + ", layers " + layers + ", patch " +
+         std::to_string(vision_patch_size) + ", resolution " + std::to_string(image_resolution);
 }
 
 // ---- the model -------------------------------------------------------------

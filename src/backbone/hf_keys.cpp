@@ -68,6 +68,12 @@ HfConfig read_hf_config(const std::string& path) {
     hf.vision_heads = vision.at("num_attention_heads").get<int64_t>();
     hf.activation = activation_of(text.value("hidden_act", std::string("quick_gelu")), path);
     hf.layer_norm_eps = text.value("layer_norm_eps", 1e-5);
+    // The widths come from the weights; validate_clip_config checks that heads divide them.
+    for (const auto& [name, heads] : {std::pair{"text_config", hf.text_heads}, std::pair{"vision_config", hf.vision_heads}})
+      if (heads < 1 || heads > 4096)
+        throw Error(path + ": " + name + ".num_attention_heads is " + std::to_string(heads) + ", expected 1..4096");
+    if (!(hf.layer_norm_eps > 0 && hf.layer_norm_eps < 1))
+      throw Error(path + ": text_config.layer_norm_eps is " + std::to_string(hf.layer_norm_eps) + ", expected (0, 1)");
     return hf;
   } catch (const json::exception& e) {
     throw Error(path + ": Hugging Face CLIP config lacks a key: " + e.what());

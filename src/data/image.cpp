@@ -17,6 +17,7 @@
 
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/core/fs.h>
+#include "image_header.h"
 
 namespace vlmadapt {
 namespace {
@@ -397,6 +398,7 @@ Image decode_image(const std::string& path) {
 Image decode_image_bytes(const std::string& bytes, const std::string& name) {
   if (bytes.empty()) throw Error("image file '" + name + "' is empty");
   if (bytes.size() > size_t(INT_MAX)) throw Error("image file '" + name + "' is too large");
+  check_image_size(bytes, name);  // before OpenCV allocates what the header declares
   Sniffed sniffed = sniff_png(bytes);
   if (sniffed == Sniffed::Unknown) sniffed = sniff_bmp(bytes);
   if (sniffed == Sniffed::Unknown) sniffed = sniff_tiff(bytes);

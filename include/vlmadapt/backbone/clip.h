@@ -41,6 +41,8 @@ struct ClipConfig {
 
   // "ViT-B/16"-like summary: "ViT (12 layers, width 768, patch 16, 224px)".
   std::string describe() const;
+  // Every value, for error messages: "text width 512, heads 8, layers 12; vision ...".
+  std::string describe_values() const;
   // The released architectures by name (ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336, RN50, RN101,
   // RN50x4, RN50x16, RN50x64). Throws vlmadapt::Error listing them for an unknown name.
   static ClipConfig named(const std::string& name);
@@ -48,7 +50,11 @@ struct ClipConfig {
 };
 
 // Reads the architecture from an OpenAI-keyed state dict. `where` names the file in errors.
+// Throws vlmadapt::Error naming `where` for a value no CLIP can have (so modules are never
+// built from it): heads > 0 dividing the width, layers > 0, a patch size dividing the
+// resolution, and upper bounds (width 16384, 1024 layers, 8192 px) far above released models.
 ClipConfig infer_clip_config(const TensorMap& state_dict, const std::string& where);
+void validate_clip_config(const ClipConfig& config, const std::string& where);
 
 class ClipImpl : public torch::nn::Module {
  public:

@@ -31,7 +31,9 @@ struct Normalization {
 };
 
 // Decodes JPEG, PNG, BMP, WebP (... whatever OpenCV reads) in the file's own mode.
-// EXIF orientation is ignored, as in the reference. Throws vlmadapt::Error naming the file.
+// EXIF orientation is ignored, as in the reference. Throws vlmadapt::Error naming the file,
+// also before decoding when the header declares more than the limits of image_header.h
+// (89,478,485 pixels, aspect ratio 100:1) or a format whose size cannot be read first.
 Image decode_image(const std::string& path);
 // The same from bytes in memory; `name` is used in error messages.
 Image decode_image_bytes(const std::string& bytes, const std::string& name);
