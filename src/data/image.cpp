@@ -1,7 +1,7 @@
 // Image decoding (OpenCV) and the reference CLIP preprocessing, reproducing Pillow 9.x
 // bit for bit: libImaging/Resample.c (bicubic/bilinear), Geometry.c (nearest through the
 // affine scale path), Convert.c (premultiplied alpha) and torchvision's size/crop rounding.
-#include "vlmadapt/image.h"
+#include <vlmadapt/data/image.h>
 
 #include <torch/torch.h>
 
@@ -15,8 +15,8 @@
 #include <opencv2/imgproc.hpp>
 #include <vector>
 
-#include "vlmadapt/error.h"
-#include "vlmadapt/fs.h"
+#include <vlmadapt/core/error.h>
+#include <vlmadapt/core/fs.h>
 
 namespace vlmadapt {
 namespace {
