@@ -12,7 +12,7 @@
 #include <vlmadapt/engine/run.h>
 #include <vlmadapt/engine/trainer.h>
 
-#include "backbone/fused_tower.h"
+#include "src/backbone/fused_tower.h"
 
 namespace vlmadapt {
 namespace {

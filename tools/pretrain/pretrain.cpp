@@ -15,7 +15,7 @@
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/backbone/tokenizer.h>
 
-#include "core/seeded.h"
+#include "src/core/seeded.h"
 
 namespace vlmadapt {
 
