@@ -172,6 +172,8 @@ TEST(BackboneHooks, DeepLayersReplaceAndCarry) {
     return encode(clip, g);
   };
   DeepPrompts image_1{{image.tokens[0]}}, text_1{{text.tokens[0]}};
+  // All module by module, so that a difference is the prompts' and not the fused pass's.
+  set_fused_inference(false);
   const auto depth_1 = features(image_1, text_1), depth_2 = features(image, text);
   // An undefined deeper layer carries the previous block's prompt rows: depth 1 again.
   image_1.tokens.push_back({});
@@ -180,6 +182,7 @@ TEST(BackboneHooks, DeepLayersReplaceAndCarry) {
   // Layer 1's tokens replace those rows.
   EXPECT_FALSE(torch::allclose(depth_2.image, depth_1.image));
   EXPECT_FALSE(torch::allclose(depth_2.text, depth_1.text));
+  set_fused_inference(true);
   // The prefixed entry agrees with the whole prompts: prompt rows inside the prefix
   // (n = 2 < p = 4) and reaching past it (n = 5), in the fused (no prompts past layer 0)
   // and the module path.
