@@ -252,7 +252,8 @@ torch::Tensor ClipImpl::encode_text_embeddings(const torch::Tensor& embeddings, 
   if (n == 0) return torch::zeros({0, config_.embed_dim}, embeddings.options());
   // Under the causal mask no token after the last end token reaches a pooled feature.
   const int64_t len = std::min<int64_t>(embeddings.size(1), positions.max().item<int64_t>() + 1);
-  auto x = embeddings.narrow(1, 0, len) + positional_embedding_.narrow(0, 0, len).to(embeddings.scalar_type());
+  auto x = with_text_prompts(embeddings.narrow(1, 0, len), positions) +
+           positional_embedding_.narrow(0, 0, len).to(embeddings.scalar_type());
   auto mask = torch::full({len, len}, -std::numeric_limits<float>::infinity(), x.options()).triu(1);
   x = transformer_->forward(x, mask);
   auto pooled = x.index({torch::arange(n, positions.options()), positions});  // [N,D]
@@ -275,8 +276,15 @@ torch::Tensor ClipImpl::encode_text_prefixed(const torch::Tensor& prefix, const 
   if (positions.min().item<int64_t>() < p || last_end >= p + suffixes.size(1))
     throw Error("encode_text_prefixed: every end token must lie in the suffix, after the " + std::to_string(p) +
                 "-token prefix and before " + std::to_string(p + suffixes.size(1)));
+  // Deep text prompts (positions 1..n) inside the prefix are shared like it; past it, each
+  // prompt has its own rows there, so they run whole.
+  if (hooks_.text.depth() > 0 && hooks_.text.count() >= p) {
+    auto whole = torch::cat({prefix.unsqueeze(0).expand({n, p, w}), suffixes.to(prefix.scalar_type())}, 1);
+    return encode_text_embeddings(whole, positions);
+  }
   const int64_t len = last_end + 1 - p;
-  auto x_p = (prefix + positional_embedding_.narrow(0, 0, p).to(prefix.scalar_type())).unsqueeze(0);
+  auto x_p = (with_text_prompts(prefix.unsqueeze(0), positions.narrow(0, 0, 1)) +
+              positional_embedding_.narrow(0, 0, p).to(prefix.scalar_type()));
   // Both parts in the prefix's dtype (a learned fp32 context with fp16 token embeddings
   // gives fp32 throughout, as the concatenated prompt would).
   auto x_s = suffixes.narrow(1, 0, len).to(prefix.scalar_type()) +

@@ -11,6 +11,12 @@ torch::Tensor layer_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x) {
   return ln->forward(x.to(torch::kFloat)).to(x.scalar_type());
 }
 
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, double eps) {
+  // torch::layer_norm is what LayerNorm::forward calls: the same results as the overload above.
+  if (x.scalar_type() == torch::kFloat) return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+  return torch::layer_norm(x.to(torch::kFloat), {x.size(-1)}, weight, bias, eps).to(x.scalar_type());
+}
+
 static torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
 }
@@ -21,32 +27,33 @@ AttentionImpl::AttentionImpl(int64_t width, int64_t heads) : heads_(heads) {
   out_proj_ = register_module("out_proj", torch::nn::Linear(width, width));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask, const BlockWeights& w) {
   const int64_t n = x.size(0), l = x.size(1), d = x.size(2), hd = d / heads_;
   // [N,L,3D] -> 3 x [N,H,L,hd]
-  auto qkv = torch::linear(x, in_proj_weight_, in_proj_bias_).view({n, l, 3, heads_, hd});
+  auto qkv = torch::linear(x, w.in_w, w.in_b).view({n, l, 3, heads_, hd});
   qkv = qkv.permute({2, 0, 3, 1, 4});
   auto q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
   auto scores = torch::matmul(q, qkv[1].transpose(-2, -1));
   if (mask.defined()) scores = scores + mask;
   auto out = torch::matmul(torch::softmax(scores, -1), qkv[2]);  // [N,H,L,hd]
-  return out_proj_->forward(out.transpose(1, 2).reshape({n, l, d}));
+  return torch::linear(out.transpose(1, 2).reshape({n, l, d}), w.out_w, w.out_b);
 }
 
 std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const torch::Tensor& y_p,
                                                                         const torch::Tensor& y_s,
                                                                         const torch::Tensor& mask,
                                                                         const SuffixRows& rows,
-                                                                        const torch::Tensor& out_slot) {
+                                                                        const torch::Tensor& out_slot,
+                                                                        const BlockWeights& w) {
   const int64_t c = rows.lengths.size(0), s = rows.length, p = y_p.size(1), d = y_s.size(-1), hd = d / heads_;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   auto heads = [&](const torch::Tensor& qkv, int64_t n, int64_t l) {  // [n*l,3D] -> [3,n,H,l,hd]
     return qkv.view({n, l, 3, heads_, hd}).permute({2, 0, 3, 1, 4});
   };
-  auto qkv_p = heads(torch::linear(y_p, in_proj_weight_, in_proj_bias_), 1, p);
+  auto qkv_p = heads(torch::linear(y_p, w.in_w, w.in_b), 1, p);
   // The packed rows go to their padded slots for the per-suffix attention; the padding
   // (zeros, after each end token) is masked out for every real row and never read back.
-  auto packed = torch::linear(y_s, in_proj_weight_, in_proj_bias_);
+  auto packed = torch::linear(y_s, w.in_w, w.in_b);
   auto padded = packed.size(0) == c * s ? packed
                                         : torch::zeros({c * s, 3 * d}, packed.options()).index_copy(0, rows.slot, packed);
   auto qkv_s = heads(padded, c, s);
@@ -58,7 +65,8 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const to
   auto scores_s = torch::matmul(qkv_s[0] * scale, k.transpose(-2, -1)) + mask.narrow(0, p, s);
   auto out_s = torch::matmul(torch::softmax(scores_s, -1), v).transpose(1, 2).reshape({c * s, d});
   if (out_slot.size(0) != c * s) out_s = out_s.index_select(0, out_slot);
-  return {out_proj_->forward(out_p.transpose(1, 2).reshape({1, p, d})), out_proj_->forward(out_s)};
+  return {torch::linear(out_p.transpose(1, 2).reshape({1, p, d}), w.out_w, w.out_b),
+          torch::linear(out_s, w.out_w, w.out_b)};
 }
 
 MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation) {
@@ -66,10 +74,10 @@ MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation)
   c_proj_ = register_module("c_proj", torch::nn::Linear(4 * width, width));
 }
 
-torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  auto h = c_fc_->forward(x);
+torch::Tensor MlpImpl::forward(const torch::Tensor& x, const BlockWeights& w) {
+  auto h = torch::linear(x, w.fc_w, w.fc_b);
   h = activation_ == Activation::QuickGELU ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return c_proj_->forward(h);
+  return torch::linear(h, w.proj_w, w.proj_b);
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
@@ -80,30 +88,37 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
   ln_2_ = register_module("ln_2", make_layer_norm(width, config.layer_norm_eps));
 }
 
-torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
-  auto y = x + attn_->forward(layer_norm(ln_1_, x), mask);
-  return y + mlp_->forward(layer_norm(ln_2_, y));
+torch::Tensor ResidualAttentionBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask,
+                                                  const BlockWeights& w) {
+  auto y = x + attn_->forward(layer_norm(x, w.ln_1_w, w.ln_1_b, w.eps), mask, w);
+  return y + mlp_->forward(layer_norm(y, w.ln_2_w, w.ln_2_b, w.eps), w);
 }
 
 std::pair<torch::Tensor, torch::Tensor> ResidualAttentionBlockImpl::forward_prefixed(const torch::Tensor& x_p,
                                                                                      const torch::Tensor& x_s,
                                                                                      const torch::Tensor& mask,
                                                                                      const SuffixRows& rows,
-                                                                                     const torch::Tensor& keep) {
+                                                                                     const torch::Tensor& keep,
+                                                                                     const BlockWeights& w) {
   const auto out_slot = keep.defined() ? rows.slot.index_select(0, keep) : rows.slot;
-  auto [a_p, a_s] = attn_->forward_prefixed(layer_norm(ln_1_, x_p), layer_norm(ln_1_, x_s), mask, rows, out_slot);
+  auto ln_1 = [&](const torch::Tensor& x) { return layer_norm(x, w.ln_1_w, w.ln_1_b, w.eps); };
+  auto ln_2 = [&](const torch::Tensor& x) { return layer_norm(x, w.ln_2_w, w.ln_2_b, w.eps); };
+  auto [a_p, a_s] = attn_->forward_prefixed(ln_1(x_p), ln_1(x_s), mask, rows, out_slot, w);
   auto y_s = (keep.defined() ? x_s.index_select(0, keep) : x_s) + a_s;
-  y_s = y_s + mlp_->forward(layer_norm(ln_2_, y_s));
+  y_s = y_s + mlp_->forward(ln_2(y_s), w);
   if (keep.defined()) return {torch::Tensor(), y_s};
   auto y_p = x_p + a_p;
-  return {y_p + mlp_->forward(layer_norm(ln_2_, y_p)), y_s};
+  return {y_p + mlp_->forward(ln_2(y_p), w), y_s};
 }
 
-FusedBlock ResidualAttentionBlockImpl::fused_weights() const {
+FusedBlock BlockWeights::fused() const {
   auto f = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
-  return {f(ln_1_->weight), f(ln_1_->bias), f(attn_->in_proj_weight_), f(attn_->in_proj_bias_),
-          f(attn_->out_proj_->weight), f(attn_->out_proj_->bias), f(ln_2_->weight), f(ln_2_->bias),
-          f(mlp_->c_fc_->weight), f(mlp_->c_fc_->bias), f(mlp_->c_proj_->weight), f(mlp_->c_proj_->bias)};
+  return {f(ln_1_w), f(ln_1_b), f(in_w), f(in_b), f(out_w), f(out_b),
+          f(ln_2_w), f(ln_2_b), f(fc_w), f(fc_b), f(proj_w), f(proj_b)};
+}
+
+std::vector<const torch::Tensor*> BlockWeights::all() const {
+  return {&ln_1_w, &ln_1_b, &in_w, &in_b, &out_w, &out_b, &ln_2_w, &ln_2_b, &fc_w, &fc_b, &proj_w, &proj_b};
 }
 
 Transformer::Transformer(int64_t width, int64_t layers, int64_t heads, const ClipConfig& config) {
@@ -122,8 +137,9 @@ namespace {
 std::atomic<bool> fused_enabled{true};
 }  // namespace
 
-bool Transformer::can_fuse(std::initializer_list<torch::Tensor> inputs, const torch::Tensor& mask) {
-  if (!fused_enabled || !fused_available() || blocks_.empty()) return false;
+bool Transformer::can_fuse(std::initializer_list<torch::Tensor> inputs, const torch::Tensor& mask,
+                           const std::vector<BlockWeights>& weights) const {
+  if (!fused_enabled || !fused_available() || blocks_.empty() || hooks_.has_deep()) return false;
   if (mask.defined() && (mask.scalar_type() != torch::kFloat || !mask.device().is_cpu() || mask.dim() != 2))
     return false;
   const bool grad = torch::GradMode::is_enabled();
@@ -131,43 +147,54 @@ bool Transformer::can_fuse(std::initializer_list<torch::Tensor> inputs, const to
     if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.size(-1) != fused_.width ||
         (grad && x.requires_grad()))
       return false;
-  for (const auto& p : parameters())
-    if ((grad && p.requires_grad()) || p.scalar_type() != torch::kFloat || !p.device().is_cpu() || !p.is_contiguous())
-      return false;
+  // The block weights are every parameter of the tower (modified ones included).
+  for (const auto& w : weights)
+    for (const torch::Tensor* p : w.all())
+      if ((grad && p->requires_grad()) || p->scalar_type() != torch::kFloat || !p->device().is_cpu() ||
+          !p->is_contiguous())
+        return false;
   return true;
 }
 
+FusedTower Transformer::fused_tower(const std::vector<BlockWeights>& weights) const {
+  FusedTower tower = fused_;  // per call: the tower may run on several threads at once
+  for (const auto& w : weights) tower.blocks.push_back(w.fused());
+  return tower;
+}
+
 torch::Tensor Transformer::forward(torch::Tensor x, const torch::Tensor& mask, bool first_token_only) {
-  if (x.dim() == 3 && can_fuse({x}, mask)) {
+  const auto weights = pass_weights();  // alive until the pass is done (fused reads pointers)
+  if (x.dim() == 3 && can_fuse({x}, mask, weights)) {
     auto out = x.contiguous().clone();  // updated in place; the caller's tensor is left alone
     auto m = mask.defined() ? mask.contiguous() : mask;
-    FusedTower tower = fused_;  // per call: the tower may run on several threads at once
-    for (const auto& block : blocks_) tower.blocks.push_back(block->fused_weights());
-    fused_forward(tower, out.data_ptr<float>(), out.size(0), out.size(1), m.defined() ? m.data_ptr<float>() : nullptr,
-                  first_token_only);
+    fused_forward(fused_tower(weights), out.data_ptr<float>(), out.size(0), out.size(1),
+                  m.defined() ? m.data_ptr<float>() : nullptr, first_token_only);
     return out;
   }
-  for (auto& block : blocks_) x = block->forward(x, mask);
+  for (size_t b = 0; b < blocks_.size(); ++b) {
+    if (b > 0) x = put_prompts(x, b);
+    x = blocks_[b]->forward(x, mask, weights[b]);
+  }
   return x;
 }
 
 torch::Tensor Transformer::forward_prefixed(torch::Tensor x_p, torch::Tensor x_s, const torch::Tensor& mask,
                                            const SuffixRows& rows) {
-  if (can_fuse({x_p, x_s}, mask)) {
+  const auto weights = pass_weights();
+  if (can_fuse({x_p, x_s}, mask, weights)) {
     auto prefix = x_p.contiguous().clone(), packed = x_s.contiguous().clone();  // updated in place
     const auto lengths = rows.lengths.to(torch::kCPU).contiguous();
     std::vector<int64_t> per_suffix(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + lengths.numel());
     auto out = torch::empty({lengths.numel(), fused_.width}, x_s.options());
-    FusedTower tower = fused_;
-    for (const auto& block : blocks_) tower.blocks.push_back(block->fused_weights());
-    fused_forward_prefixed(tower, prefix.data_ptr<float>(), prefix.size(1), packed.data_ptr<float>(), per_suffix,
-                           out.data_ptr<float>());
+    fused_forward_prefixed(fused_tower(weights), prefix.data_ptr<float>(), prefix.size(1), packed.data_ptr<float>(),
+                           per_suffix, out.data_ptr<float>());
     return out;
   }
   const auto ends = rows.lengths.cumsum(0) - 1;  // each suffix's last packed row
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const bool last = b + 1 == blocks_.size();
-    std::tie(x_p, x_s) = blocks_[b]->forward_prefixed(x_p, x_s, mask, rows, last ? ends : torch::Tensor());
+    if (b > 0) x_p = put_prompts(x_p, b);  // the prompt rows lie in the shared prefix
+    std::tie(x_p, x_s) = blocks_[b]->forward_prefixed(x_p, x_s, mask, rows, last ? ends : torch::Tensor(), weights[b]);
   }
   return x_s;
 }

@@ -29,10 +29,17 @@ class VisionTransformer : public VisionTower {
     x = x.flatten(2).transpose(1, 2);                                  // [N,g*g,W]
     auto cls = class_embedding_.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
     x = torch::cat({cls, x}, 1) + positional_embedding_.to(x.scalar_type());
+    // Deep prompts (VPT-deep, MaPLe): layer 0's go after the patches, without a positional
+    // embedding, and through ln_pre with the rest; the transformer replaces them later.
+    const auto& prompts = transformer_->hooks().deep;
+    if (!prompts.empty() && prompts[0].defined())
+      x = torch::cat({x, prompts[0].to(x.scalar_type()).unsqueeze(0).expand({x.size(0), -1, -1})}, 1);
     x = transformer_->forward(layer_norm(ln_pre_, x), {}, /*first_token_only=*/true);
     // ln_post only on the class token: the other tokens are never used.
     return torch::matmul(layer_norm(ln_post_, x.select(1, 0)), proj_);
   }
+
+  Transformer* transformer() override { return transformer_.get(); }
 
  private:
   nn::Conv2d conv1_{nullptr};

@@ -7,6 +7,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,50 @@ struct ClipConfig {
 ClipConfig infer_clip_config(const TensorMap& state_dict, const std::string& where);
 void validate_clip_config(const ClipConfig& config, const std::string& where);
 
+// ---- hooks into the shared towers ------------------------------------------
+// Methods that reach inside the frozen towers (deep prompts: VPT-deep, IVLP, MaPLe,
+// PromptSRC; weight masks: R-AMT; low-rank updates: CLIP-LoRA) set hooks on the one CLIP
+// instead of copying a tower. The stored weights are never written or copied: a hook
+// substitutes tensors in the forward pass, so gradients reach the hook's own tensors.
+
+// Learnable tokens of one tower, layer by layer, as the official code inserts them
+// (specs/PROMPT_LEARNERS.md §3.1). tokens[l] [n,width] belongs to layer l, depth =
+// tokens.size() (at most the tower's layers); every defined entry has the same n. Tokens
+// are cast to the hidden state's dtype where they go in. Depth 0: the tower as without hooks.
+//  Text:  the prompt positions 1..n, right after the start token (the prompt carries n
+//         placeholder words there, "X X X X ...", so the end token's position is right).
+//         tokens[0] replaces their embeddings (the positional embedding is then added as to
+//         any word); undefined leaves the input as given (a method that puts its own
+//         context into the embeddings, e.g. CoOp's prefix). tokens[l], 1 <= l < depth,
+//         overwrites hidden rows 1..n before block l (undefined: carried along).
+//  Image (ViT only; ModifiedResNet throws): tokens[0] (required) is appended after the
+//         class token and the patches, after the positional embedding (it gets none) and
+//         before ln_pre; tokens[l] replaces the last n hidden rows before block l. Blocks
+//         from depth on carry the prompt rows along; the output reads the class token.
+struct DeepPrompts {
+  std::vector<torch::Tensor> tokens;
+  int64_t depth() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t count() const;  // n: rows of the defined entries (0 when none)
+};
+
+// W' = f(W) for one weight in the forward pass, e.g. a mask W * m or a low-rank update
+// W + s * B.mm(A). It must return W's shape and must not write into W (W is the frozen
+// parameter itself). Called once per tower pass; gradients flow to whatever f uses.
+using WeightModifier = std::function<torch::Tensor(const torch::Tensor& weight)>;
+
+struct TowerHooks {
+  DeepPrompts text;   // transformer_width tokens
+  DeepPrompts image;  // vision_width tokens
+  // By OpenAI state-dict name. Any parameter of a transformer block of either tower can
+  // take one: "transformer.resblocks.{i}.{attn.in_proj_weight, attn.in_proj_bias,
+  // attn.out_proj.weight, mlp.c_fc.weight, mlp.c_proj.bias, ln_1.weight, ...}" and the same
+  // under "visual.transformer.resblocks.{i}." (ViT). q/k/v slices of in_proj_weight are the
+  // modifier's business (rows [0,D), [D,2D), [2D,3D)).
+  std::map<std::string, WeightModifier> modifiers;
+
+  bool empty() const { return text.depth() == 0 && image.depth() == 0 && modifiers.empty(); }
+};
+
 class ClipImpl : public torch::nn::Module {
  public:
   explicit ClipImpl(const ClipConfig& config);
@@ -73,8 +118,23 @@ class ClipImpl : public torch::nn::Module {
   // positions [N] counted from the prefix's start (each at least p). Under the causal mask
   // the prefix cannot see its suffixes, so it runs once instead of once per prompt: the
   // same features and gradients as encode_text_embeddings on the concatenated prompts.
+  // Deep text prompts in the prefix (positions 1..n, n < p) are shared by all prompts
+  // like the prefix itself; when they reach past it, the prompts run whole through
+  // encode_text_embeddings.
   torch::Tensor encode_text_prefixed(const torch::Tensor& prefix, const torch::Tensor& suffixes,
                                      const torch::Tensor& eot);
+
+  // Hooks for every later pass of either tower (encode_image, visual()->forward, the three
+  // text entries), until replaced or cleared. Checked here: throws vlmadapt::Error for an
+  // unknown or unhookable weight name (listing close names), a depth beyond the tower's
+  // layers, token shapes, or deep image prompts on a ModifiedResNet. Without hooks (or
+  // with empty ones) every pass is exactly today's. Frozen passes (no autograd, fp32, CPU)
+  // with modifiers alone still run fused, on the modified weights; deep prompts and passes
+  // that need gradients go module by module. Not to be called while a pass runs.
+  void set_hooks(TowerHooks hooks);
+  void clear_hooks() { set_hooks({}); }
+  const TowerHooks& hooks() const { return hooks_; }
+
   // Token ids -> embeddings [N,L,D].
   torch::Tensor embed_tokens(const torch::Tensor& tokens);
   // exp(logit_scale) * normalise(image) @ normalise(text)^T.
@@ -105,8 +165,24 @@ class ClipImpl : public torch::nn::Module {
   std::shared_ptr<detail::Transformer> transformer_;
   torch::Tensor token_embedding_, positional_embedding_, text_projection_, logit_scale_;
   torch::nn::LayerNorm ln_final_{nullptr};
+  TowerHooks hooks_;
+
+  torch::Tensor with_text_prompts(const torch::Tensor& embeddings, const torch::Tensor& eot) const;
 };
 TORCH_MODULE(Clip);
+
+// Sets hooks for its lifetime, then puts back the ones it found.
+class HooksScope {
+ public:
+  HooksScope(ClipImpl& clip, TowerHooks hooks);
+  ~HooksScope();
+  HooksScope(const HooksScope&) = delete;
+  HooksScope& operator=(const HooksScope&) = delete;
+
+ private:
+  ClipImpl& clip_;
+  TowerHooks saved_;
+};
 
 // Frozen passes (no autograd, fp32, CPU) of the transformer towers run fused, sequence
 // group by sequence group (src/fused_tower.h); the same algebra as the module-by-module
