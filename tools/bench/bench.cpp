@@ -11,6 +11,7 @@
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/engine/dispatch.h>
 #include <vlmadapt/engine/run.h>
+#include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/engine/trainer.h>
 
 #include "backbone/fused_tower.h"
@@ -58,17 +59,17 @@ double matmul_gflops(int reps) {
 
 // Distinct class names of 1 to 4 tokens, as perf_py.py's prompts: class i repeats one
 // single-token word (from vocabulary id 500 + i on) 1 + i % 4 times.
-TaskContext bench_task(Clip clip, int64_t n_cls) {
-  TaskContext t;
-  t.clip = clip;
-  t.dataset = "bench";
+Dataset bench_classes(int64_t n_cls) {
+  Dataset t;
+  t.name = "bench";
+  Tokenizer tokenizer;
   int64_t id = 500;
   for (int64_t i = 0; i < n_cls; ++i) {
     std::string word;
     do {
-      word = t.tokenizer.decode({id++});
+      word = tokenizer.decode({id++});
       while (!word.empty() && word.back() == ' ') word.pop_back();
-    } while (word.empty() || t.tokenizer.encode(word + " " + word).size() != 2);
+    } while (word.empty() || tokenizer.encode(word + " " + word).size() != 2);
     std::string name = word;
     for (int64_t k = 0; k < i % 4; ++k) name += " " + word;
     t.classnames.push_back(name);
@@ -93,9 +94,9 @@ nlohmann::json bench_encode(Clip clip, const BenchOptions& o) {
 }
 
 nlohmann::json bench_coop(Clip clip, const BenchOptions& o) {
-  auto method = make_method("coop", {{"coop.n_ctx", "16"}});
-  method->setup(bench_task(clip, o.n_cls));
   const Recipe recipe = coop_bench_recipe();
+  RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
+  auto& method = c.method;
   Trainer trainer(TrainerSetup{method.get(), clip, nullptr, recipe, "", nullptr});
   auto optimizer = make_optimizer(recipe.train, method->trainable_parameters());
   const int64_t r = clip->image_resolution();
@@ -107,8 +108,11 @@ nlohmann::json bench_coop(Clip clip, const BenchOptions& o) {
 }
 
 nlohmann::json bench_tpt(Clip clip, const BenchOptions& o) {
-  auto method = make_method("tpt");
-  method->setup(bench_task(clip, o.n_cls));
+  Recipe recipe;
+  recipe.method = "tpt";
+  recipe.data.dataset = "bench";
+  RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
+  auto& method = c.method;
   const int64_t r = clip->image_resolution();
   auto views = torch::randn({64, 3, r, r});
   int64_t predicted = -1;
@@ -137,20 +141,15 @@ nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
   DataOptions d;
   d.dataset = "fashion_mnist";
   Dataset few = sample_few_shot(open_dataset(d), o.shots, 0, 1);
-  TaskContext task;
-  task.clip = clip;
-  task.dataset = few.name;
-  task.classnames = few.classnames;
   auto epoch_seconds = [&](int feature_views, double* cache_seconds) {
-    auto method = make_method("coop", {{"coop.n_ctx", "16"}});
-    method->setup(task);
     Recipe recipe = coop_bench_recipe();
     recipe.data = d;
     recipe.data.shots = o.shots;
     recipe.train.epochs = 2;
     recipe.train.batch_size = o.batch;
     recipe.train.feature_views = feature_views;
-    Trainer trainer(TrainerSetup{method.get(), clip, &few, recipe, "", nullptr});
+    RunContext c = attach_method(recipe, clip, few);
+    Trainer trainer(TrainerSetup{c.method.get(), clip, &few, recipe, "", nullptr});
     std::vector<double> ends;
     const auto t0 = std::chrono::steady_clock::now();
     auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
