@@ -123,6 +123,8 @@ TEST_P(MethodContract, FrozenBackboneGetsNoGradientAndDoesNotChange) {
 TEST_P(MethodContract, SaveThenLoadIntoAFreshInstanceGivesIdenticalLogits) {
   auto m = build(GetParam(), 1);
   train_step(*m, 3);
+  if (m->contract().adaptation == vlmadapt::Adaptation::Online)  // an online memory that holds something
+    for (uint64_t i = 0; i < 3; ++i) predict(*m, batch_for(*m, 6, 20 + i));
   {  // a state no fresh instance starts from (as TPT's prompt from a CoOp run), loaded
     auto moved = m->state();
     torch::manual_seed(8);

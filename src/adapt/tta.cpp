@@ -41,7 +41,7 @@ torch::Tensor tta_views(const Image& image, const std::vector<std::string>& extr
   std::mt19937_64 rng(seeded::mix(o.seed, index, 0x77a));
   for (int v = 1; v < o.views; ++v) {
     // torchvision's RandomResizedCrop(n_px) default is bilinear; then a flip.
-    cv::Mat crop = horizontal_flip(random_resized_crop(image, o.n_px, rng, {0.08, 1.0}, {3.0 / 4, 4.0 / 3}, Resample::Bilinear), rng);
+    cv::Mat crop = horizontal_flip(random_resized_crop(image, o.n_px, rng, {o.scale_min, 1.0}, {3.0 / 4, 4.0 / 3}, Resample::Bilinear), rng);
     views.push_back(use_augmix ? augmix_view(crop, rng) : normalize(crop));
   }
   for (const auto& file : extra_files) views.push_back(normalize(test_view(decode_image(file), o.n_px)));

@@ -57,6 +57,8 @@ void EvalOptions::bind(OptionSet& set) {
       .add("confusion", confusion, "write the confusion matrix")
       .add("views", views, "test-time adaptation: views per test image (the test view + augmented ones)").at_least(1)
       .add("augmix", augmix, "test-time views: AugMix on the crops (auto = off for the ImageNet family)")
+      .add("scale_min", scale_min, "test-time views: lower bound of the random resized crops' area (TPT 0.08, DMN 0.5)")
+      .range(0.01, 1)
       .add("extra_views", extra_views, "test-time views: folder of extra views named <image>_<i>.<ext>");
 }
 

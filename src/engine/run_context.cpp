@@ -27,6 +27,7 @@ TtaViewOptions RunContext::view_options() const {
   TtaViewOptions v;
   v.views = views_per_image(method->contract(), recipe.eval.views);
   v.augmix = recipe.eval.augmix;
+  v.scale_min = recipe.eval.scale_min;
   v.extra_views = recipe.eval.extra_views;
   v.n_px = static_cast<int>(clip->image_resolution());
   v.seed = static_cast<uint64_t>(recipe.data.seed);

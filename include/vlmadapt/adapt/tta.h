@@ -25,6 +25,7 @@ inline const std::vector<std::pair<AugmixMode, std::string>>& enum_names(AugmixM
 struct TtaViewOptions {
   int views = 64;               // view 0 (the test view) plus views - 1 augmented ones
   AugmixMode augmix = AugmixMode::Auto;
+  double scale_min = 0.08;      // random resized crops' area in [scale_min, 1]
   std::string extra_views;      // folder of extra views, <folder>/<ref dir>/<stem>_<i>.<ext> (DiffTPT)
   int n_px = 224;
   uint64_t seed = 0;

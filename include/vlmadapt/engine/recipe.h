@@ -81,6 +81,7 @@ struct EvalOptions {
   // Test-time adaptation (methods that adapt per sample): the views of each test image.
   int views = 64;
   AugmixMode augmix = AugmixMode::Auto;
+  double scale_min = 0.08;             // random resized crops' area lower bound
   std::string extra_views;
   void bind(OptionSet& set);
 };
