@@ -149,6 +149,20 @@ TEST(Cli, BenchPrintsOneJsonLinePerTask) {
   e = run({"bench", "epoch", "--arch", "default", "--feature-views", "0"});
   EXPECT_NE(e.code, 0);
   EXPECT_NE(e.err.find("--feature-views"), std::string::npos) << e.err;
+  // A test-time method on its views through the stream; a method that does not adapt
+  // scores every view; an unknown method lists the known ones.
+  for (const char* method : {"tpt", "zeroshot"}) {
+    e = run({"bench", "tta", "--arch", "default", "--method", method, "--views", "4", "--reps", "1"});
+    ASSERT_EQ(e.code, 0) << e.err;
+    j = nlohmann::json::parse(e.out);
+    EXPECT_EQ(j.at("method"), method);
+    EXPECT_EQ(j.at("views"), 4);
+    EXPECT_GT(j.at("seconds_per_image").get<double>(), 0);
+    EXPECT_GE(j.at("prediction").get<int64_t>(), 0);
+  }
+  e = run({"bench", "tta", "--arch", "default", "--method", "nosuch"});
+  EXPECT_EQ(e.code, 1);
+  EXPECT_NE(e.err.find("zeroshot"), std::string::npos) << e.err;
   auto r = run({"bench", "train"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("unknown task 'train'"), std::string::npos) << r.err;

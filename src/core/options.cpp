@@ -183,20 +183,25 @@ std::string OptionSet::Entry::accepted() const {
   if (!choices.empty()) return "one of " + join_choices(choices);
   if (!min && !max) return "";
   const auto bound = [](const std::optional<double>& b, const char* none) { return b ? format_double(*b) : std::string(none); };
-  return "in [" + bound(min, "-inf") + ", " + bound(max, "inf") + "]";
+  return std::string(min_open ? "in (" : "in [") + bound(min, "-inf") + ", " + bound(max, "inf") + "]";
 }
 
-OptionSet& OptionSet::range(double lo, double hi) {
+OptionSet& OptionSet::range(double lo, double hi) { return bounded(lo, hi, false); }
+
+OptionSet& OptionSet::above(double lo) { return bounded(lo, std::numeric_limits<double>::infinity(), true); }
+
+OptionSet& OptionSet::bounded(double lo, double hi, bool open_below) {
   if (entries_.empty() || (entries_.back().type != "int" && entries_.back().type != "float"))
     throw Error(section_ + ": range() follows the add() of a number option");
   Entry& e = entries_.back();
   if (lo > -std::numeric_limits<double>::infinity()) e.min = lo;
   if (hi < std::numeric_limits<double>::infinity()) e.max = hi;
-  e.set = [key = e.key, parse = e.set, get = e.get, lo, hi, accepted = e.accepted()](const std::string& v) {
+  e.min_open = open_below;
+  e.set = [key = e.key, parse = e.set, get = e.get, lo, hi, open_below, accepted = e.accepted()](const std::string& v) {
     const std::string old = get();
     parse(v);
     const double x = std::stod(get());
-    if (x < lo || x > hi) {
+    if (x < lo || (open_below && x == lo) || x > hi) {
       parse(old);
       bad_value(key, "a number " + accepted, v);
     }

@@ -25,9 +25,13 @@ ImageStream::ImageStream(Method& method, Clip clip) : method_(method), clip_(std
   method_.on_stream_begin();
 }
 
-torch::Tensor ImageStream::predict(const torch::Tensor& views, const torch::Tensor& label) {
+Batch ImageStream::batch(const torch::Tensor& views, const torch::Tensor& label) {
   Batch b = method_batch(method_, clip_, views, label);
   b.pixels = views;  // methods with a second model (RLCF's reward) need them too
+  return b;
+}
+
+torch::Tensor ImageStream::predict(Batch b) {
   if (contract_.adapts()) return method_.adapt_and_predict(b).detach();
   torch::NoGradGuard no_grad;
   b.pixels = b.pixels.narrow(0, 0, 1);

@@ -127,6 +127,7 @@ void MetricAccumulator::add(const at::Tensor& logits, const at::Tensor& labels,
     if (std::isnan(conf))
       throw Error("metrics: logits row " + std::to_string(i) + " has no finite maximum (+inf or all -inf)");
     const bool hit = pred == label;
+    hits_.push_back(hit);
     correct1_ += hit;
     correct5_ += rank_of(p, c, label) < k;
     ++confusion_[static_cast<size_t>(label)][static_cast<size_t>(pred)];
@@ -199,6 +200,12 @@ Metrics MetricAccumulator::result() const {
   for (int b = 0; b < kEceBins; ++b)
     if (bin_count_[b]) ece += std::abs(bin_correct_[b] - bin_confidence_[b]);
   m.ece = 100.0 * ece / n;
+  for (int b = 0; b < kEceBins; ++b) {
+    const double count = static_cast<double>(bin_count_[b]);
+    m.bin_count.push_back(bin_count_[b]);
+    m.bin_confidence.push_back(count ? 100.0 * bin_confidence_[b] / count : 0.0);
+    m.bin_accuracy.push_back(count ? 100.0 * bin_correct_[b] / count : 0.0);
+  }
   return m;
 }
 
@@ -233,6 +240,18 @@ void to_json(nlohmann::json& j, const Metrics& m) {
   j = nlohmann::json{{"count", m.count},   {"top1", m.top1},         {"top5", m.top5},
                      {"mean_per_class", m.mean_per_class}, {"macro_f1", m.macro_f1},
                      {"ece", m.ece}};
+  if (!m.bin_count.empty())
+    j["reliability"] = {{"count", m.bin_count}, {"confidence", m.bin_confidence}, {"accuracy", m.bin_accuracy}};
+  if (!m.order.empty()) j["order"] = m.order;
+  if (!m.run_top1.empty()) {
+    j["runs"] = m.run_top1.size();
+    j["run_top1"] = m.run_top1;
+    j["top1_std"] = m.top1_std;
+    j["tail_top1"] = m.tail_top1;
+  }
+  if (!m.running_top1.empty()) j["stream"] = {{"position", m.stream_positions}, {"running_top1", m.running_top1}};
+  if (m.seconds_per_image > 0) j["seconds_per_image"] = m.seconds_per_image;
+  if (m.peak_memory_mb > 0) j["peak_memory_mb"] = m.peak_memory_mb;
 }
 
 }  // namespace vlmadapt

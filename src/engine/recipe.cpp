@@ -59,7 +59,12 @@ void EvalOptions::bind(OptionSet& set) {
       .add("augmix", augmix, "test-time views: AugMix on the crops (auto = off for the ImageNet family)")
       .add("scale_min", scale_min, "test-time views: lower bound of the random resized crops' area (TPT 0.08, DMN 0.5)")
       .range(0.01, 1)
-      .add("extra_views", extra_views, "test-time views: folder of extra views named <image>_<i>.<ext>");
+      .add("extra_views", extra_views, "test-time views: folder of extra views named <image>_<i>.<ext>")
+      .add("order", order, "test stream order: shuffled (seeded), by_class (classes in runs) or dirichlet (StatA)")
+      .add("dirichlet", dirichlet, "concentration of the dirichlet order (StatA: 0.1 low, 0.01 medium, 0.001 high correlation)")
+      .above(0)
+      .add("runs", runs, "stream orders evaluated (mean, std and the mean of the worst 10% are reported)")
+      .range(1, 10000);
 }
 
 namespace {

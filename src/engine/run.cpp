@@ -40,6 +40,7 @@ EvalSetup eval_setup(Run& run, const Dataset& data) {
   s.clip = c.clip;
   s.dataset = &data;
   s.options = c.recipe.eval;
+  s.seed = static_cast<uint64_t>(c.recipe.data.seed);
   s.workers = c.recipe.data.workers;
   s.cache = c.cache.get();
   s.transform_tag = test_transform_tag(c.recipe, c.clip->image_resolution());
@@ -64,7 +65,10 @@ json evaluate_splits(Run& run, const std::vector<std::string>& splits, std::ostr
     if (items.empty()) continue;
     auto m = evaluate(eval_setup(run, c.task), items, split);
     metrics[split] = m;
-    log << split << ": top-1 " << m.top1 << "% over " << m.count << " images\n";
+    log << split << ": top-1 " << m.top1 << "% over " << m.count << " images";
+    if (m.run_top1.size() > 1)
+      log << " (mean of " << m.run_top1.size() << " stream orders, std " << m.top1_std << ", worst 10% " << m.tail_top1 << ")";
+    log << ", " << m.seconds_per_image << " s per image\n";
   }
   if (c.recipe.data.classes == "base") {  // base-to-new: the same method on the new classes
     Dataset fresh = sample_few_shot(c.full, 0, 0, static_cast<uint64_t>(c.recipe.data.seed));
@@ -120,6 +124,7 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   write_file_atomic((dir / "recipe.ini").string(), recipe.to_ini());
   json run = {{"dataset", recipe.data.dataset}, {"method", recipe.method}, {"recipe", recipe.name},
               {"shots", recipe.data.shots}, {"seed", recipe.data.seed}, {"status", "running"}};
+  run["adaptation"] = to_string(make_method(recipe.method_options())->contract().adaptation);
   write_json(dir / "run.json", run);
 
   if (!resume) fs::remove(dir / "split.json");  // a fresh run draws its split again

@@ -82,7 +82,7 @@ RunContext open_run_context(const Recipe& recipe, const std::string& split_file)
 RunContext open_class_context(const Recipe& recipe) {
   std::string checkpoint;
   Clip clip = load_model(recipe.model, &checkpoint);
-  Dataset classes = open_dataset(recipe.data);
+  Dataset classes = subsample_classes(open_dataset(recipe.data), recipe.data.classes);
   RunContext c = attach_method(recipe, clip, classes);
   c.checkpoint = checkpoint;
   c.full = std::move(classes);

@@ -7,6 +7,7 @@
 
 #include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/core/error.h>
+#include <vlmadapt/core/safetensors.h>
 #include <vlmadapt/data/image.h>
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/engine/dispatch.h>
@@ -44,12 +45,44 @@ json prediction(const std::string& file, const torch::Tensor& logits, const std:
   return {{"file", file}, {"top", top}, {"seconds", seconds}};
 }
 
+// What a state file must match: the method, the model and the class set it was made on.
+std::map<std::string, std::string> state_identity(const RunContext& c) {
+  std::string names;
+  for (const auto& n : c.task.classnames) names += n + "\n";
+  return {{"format", "vlmadapt stream state 1"},
+          {"method", c.recipe.method},
+          {"model", checkpoint_id(c.checkpoint)},
+          {"classes", std::to_string(c.task.classnames.size()) + " classes, names " +
+                          std::to_string(seeded::hash_text(names))}};
+}
+
+// Carries an online method's state from one stream to the next: read before the first
+// image when the file exists (checked against the method, model and classes), written
+// through a temporary file and a rename when the stream ends. A bad file is an error
+// before anything is read from the stream, and is left as it was.
+void load_stream_state(RunContext& c, const std::string& file) {
+  if (c.method->contract().adaptation != Adaptation::Online)
+    throw Error("--state " + file + ": method " + c.recipe.method + " is " + to_string(c.method->contract().adaptation) +
+                "; only online methods carry a state from image to image");
+  if (!fs::exists(file)) return;
+  const auto found = read_safetensors_metadata(file);
+  for (const auto& [key, expected] : state_identity(c)) {
+    auto it = found.find(key);
+    const std::string got = it == found.end() ? "(none)" : it->second;
+    if (got != expected)
+      throw Error(file + ": not a state of this stream: its " + key + " is '" + got + "', expected '" + expected +
+                  "' (delete the file to start from an empty state)");
+  }
+  c.method->load_state(read_safetensors(file), file);
+}
+
 }  // namespace
 
 int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
-                       std::ostream& out, std::ostream& log) {
+                       std::ostream& out, std::ostream& log, const std::string& state_file) {
   if (inputs.empty()) throw Error("--stream: give image files, folders, or - to read paths from stdin");
   RunContext c = open_class_context(recipe);
+  if (!state_file.empty()) load_stream_state(c, state_file);
   const TtaViewOptions v = c.view_options();
   const bool augmix = uses_augmix(v.augmix, recipe.data.dataset);
   std::unique_ptr<ExtraViews> extra = v.extra_views.empty() ? nullptr : std::make_unique<ExtraViews>(v.extra_views);
@@ -84,6 +117,7 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
     }
   }
   stream.finish();
+  if (!state_file.empty()) write_safetensors(state_file, c.method->state(), state_identity(c));
   return failed;
 }
 

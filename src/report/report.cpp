@@ -74,6 +74,47 @@ double split_top1(const json& v, const std::string& key, const std::string& wher
   return need_number(v, key, where);
 }
 
+template <class T>
+std::vector<T> number_list(const json& obj, const std::string& key, const std::string& where) {
+  std::vector<T> out;
+  if (!obj.contains(key)) return out;
+  const json& v = obj.at(key);
+  if (!v.is_array()) throw Error(where + ": \"" + key + "\" must be a list of numbers, got " + v.dump());
+  for (const auto& x : v) out.push_back(static_cast<T>(need_number(x, key, where)));
+  return out;
+}
+
+StreamResult read_stream_result(const json& test, const std::string& path) {
+  const std::string where = path + " \"test\"";
+  auto number = [&](const char* key, double fallback) {
+    return test.contains(key) ? need_number(test.at(key), key, where) : fallback;
+  };
+  StreamResult s;
+  s.order = test.value("order", std::string("split"));
+  s.top1 = number("top1", 0);
+  s.runs = static_cast<int>(number("runs", 1));
+  s.top1_std = number("top1_std", 0);
+  s.tail_top1 = number("tail_top1", s.top1);
+  s.ece = number("ece", 0);
+  s.seconds_per_image = number("seconds_per_image", 0);
+  s.peak_memory_mb = number("peak_memory_mb", 0);
+  if (test.contains("reliability")) {
+    const json& r = test.at("reliability");
+    s.bin_count = number_list<long long>(r, "count", where + " reliability");
+    s.bin_confidence = number_list<double>(r, "confidence", where + " reliability");
+    s.bin_accuracy = number_list<double>(r, "accuracy", where + " reliability");
+    if (s.bin_confidence.size() != s.bin_count.size() || s.bin_accuracy.size() != s.bin_count.size())
+      throw Error(where + ": reliability lists of different lengths");
+  }
+  if (test.contains("stream")) {
+    const json& st = test.at("stream");
+    s.positions = number_list<long long>(st, "position", where + " stream");
+    s.running_top1 = number_list<double>(st, "running_top1", where + " stream");
+    if (s.positions.size() != s.running_top1.size()) throw Error(where + ": stream lists of different lengths");
+  }
+  return s;
+}
+
 void read_metrics(Run& run, const std::string& path) {
   const json m = parse_json_file(path);
   run.values["test_top1"] = need_number(need(need(m, "test", path), "top1", path + " \"test\""), "test.top1", path);
@@ -84,6 +125,8 @@ void read_metrics(Run& run, const std::string& path) {
     run.values["harmonic_mean"] = need_number(m.at("harmonic_mean"), "harmonic_mean", path);
   else if (run.values.count("base_top1") && run.values.count("new_top1"))
     run.values["harmonic_mean"] = harmonic_mean(run.values["base_top1"], run.values["new_top1"]);
+  const json& test = m.at("test");
+  if (test.contains("seconds_per_image")) run.stream = read_stream_result(test, path);
 }
 
 }  // namespace
@@ -106,6 +149,7 @@ std::optional<Run> read_run(const std::string& dir, std::string* skipped) {
   run.shots = static_cast<int>(shots);
   run.seed = need_int(r, "seed", run_path);
   read_metrics(run, (fs::path(dir) / "metrics.json").string());
+  if (run.stream) run.stream->adaptation = r.value("adaptation", std::string("none"));
   return run;
 }
 

@@ -135,6 +135,33 @@ nlohmann::json bench_tpt(Clip clip, const BenchOptions& o) {
           {"encode_products_only_seconds", products_only_seconds(clip, views, o.reps)}, {"prediction", predicted}};
 }
 
+// Any method on the views of one test image through the evaluator's stream.
+nlohmann::json bench_tta(Clip clip, const BenchOptions& o) {
+  Recipe recipe;
+  recipe.method = o.method;
+  recipe.data.dataset = "bench";
+  RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
+  const bool adapts = c.method->contract().adapts();
+  const int64_t r = clip->image_resolution();
+  ImageStream stream(*c.method, clip);
+  std::vector<double> encode_seconds;
+  int64_t predicted = -1, image = 0;
+  const double t = timed([&] {
+    torch::manual_seed(static_cast<uint64_t>(image++));  // another image each call
+    auto views = torch::randn({o.views, 3, r, r});
+    const auto t0 = std::chrono::steady_clock::now();
+    Batch b = stream.batch(views);
+    encode_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    torch::NoGradGuard no_grad;
+    predicted = (adapts ? stream.predict(std::move(b)) : c.method->logits(b)).argmax(-1)[0].item<int64_t>();
+  }, o.reps);
+  stream.finish();
+  encode_seconds.erase(encode_seconds.begin());  // the warm-up call
+  std::sort(encode_seconds.begin(), encode_seconds.end());
+  return {{"method", o.method}, {"views", o.views}, {"seconds_per_image", t},
+          {"encode_seconds", encode_seconds[encode_seconds.size() / 2]}, {"prediction", predicted}};
+}
+
 // One CoOp epoch through the real loop, online and from cached views. Times come from the
 // trainer's hooks: the second epoch of each run is timed, and the cache build on its own.
 nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
@@ -186,16 +213,18 @@ double peak_rss_mb() {
 }
 
 nlohmann::json run_bench(const BenchOptions& o) {
-  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch")
-    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt or epoch");
-  if (o.n_cls < 1 || o.batch < 1 || o.threads < 1 || o.reps < 1 || o.shots < 1 || o.feature_views < 1)
-    throw Error("bench: --n-cls, --batch, --threads, --reps, --shots and --feature-views must be at least 1");
+  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch" && o.task != "tta")
+    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt, epoch or tta");
+  if (o.n_cls < 1 || o.batch < 1 || o.threads < 1 || o.reps < 1 || o.shots < 1 || o.feature_views < 1 || o.views < 1)
+    throw Error("bench: --n-cls, --batch, --threads, --reps, --shots, --feature-views and --views must be at least 1");
+  if (o.task == "tta") find_method(o.method);  // an unknown method: the error lists the known ones
   torch::set_num_threads(o.threads);
   torch::manual_seed(0);
   Clip clip = o.arch == "default" ? load_clip(resolve_checkpoint("default")) : random_clip(o.arch, 0);
   nlohmann::json out = o.task == "encode" ? bench_encode(clip, o)
                        : o.task == "coop" ? bench_coop(clip, o)
                        : o.task == "tpt"  ? bench_tpt(clip, o)
+                       : o.task == "tta"  ? bench_tta(clip, o)
                                           : bench_epoch(clip, o);
   out["task"] = o.task;
   out["arch"] = o.arch;

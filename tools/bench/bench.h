@@ -14,6 +14,11 @@
 //   epoch   seconds per CoOp epoch on the Fashion-MNIST few-shot split (real decoding and
 //           augmentation through the loader), online and from the opt-in cache of frozen
 //           features over train.feature_views augmented views, and their ratio
+//   tta     seconds per test image of any registered method (--method) on --views views:
+//           the views' image tower, then the method's adapted prediction; a method that
+//           does not adapt (zeroshot) scores every view, the cheapest use of the same
+//           views and the reference for the training-free online methods. Online
+//           methods run as one stream, so their memory fills over the timed images
 #pragma once
 #include <string>
 
@@ -32,6 +37,8 @@ struct BenchOptions {
   int reps = 3;
   int shots = 16;          // epoch: images per class
   int feature_views = 8;   // epoch: cached augmented views per image
+  std::string method = "tda";  // tta: the method
+  int views = 64;          // tta: views per test image
 };
 
 // Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,

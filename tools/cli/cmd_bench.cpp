@@ -12,7 +12,7 @@ namespace {
 int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ostream&) {
   BenchOptions b;
   po::options_description o("bench options");
-  o.add_options()("task", po::value(&b.task)->required(), "encode, coop, tpt or epoch")
+  o.add_options()("task", po::value(&b.task)->required(), "encode, coop, tpt, epoch or tta")
       ("arch", po::value(&b.arch)->default_value(b.arch), "architecture by name (random weights), or default")
       ("n-cls", po::value(&b.n_cls)->default_value(b.n_cls), "classes (coop, tpt)")
       ("batch", po::value(&b.batch)->default_value(b.batch), "images per step (encode, coop)")
@@ -20,10 +20,12 @@ int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ost
       ("reps", po::value(&b.reps)->default_value(b.reps), "timed repetitions (median) after one warm-up")
       ("shots", po::value(&b.shots)->default_value(b.shots), "images per class (epoch)")
       ("feature-views", po::value(&b.feature_views)->default_value(b.feature_views),
-       "cached augmented views per image (epoch)");
+       "cached augmented views per image (epoch)")
+      ("method", po::value(&b.method)->default_value(b.method), "method (tta)")
+      ("views", po::value(&b.views)->default_value(b.views), "views per test image (tta)");
   auto p = parse_args(args,
                       "vlmadapt bench TASK [--arch A] [--n-cls N] [--batch B] [--threads T] [--reps R]"
-                      " [--shots K] [--feature-views V]",
+                      " [--shots K] [--feature-views V] [--method M] [--views V]",
                       o,
                       "task", out);
   if (p.help) return 0;
@@ -31,7 +33,7 @@ int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   return 0;
 }
 
-const bool registered = add_command({"bench", "speed and memory of encode, coop, tpt steps and epochs (JSON line)", bench_main});
+const bool registered = add_command({"bench", "speed and memory of encode, coop, tpt steps, epochs and test-time methods (JSON line)", bench_main});
 
 }  // namespace
 }  // namespace vlmadapt::cli

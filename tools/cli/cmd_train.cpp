@@ -58,12 +58,17 @@ int train(const std::vector<std::string>& args, std::ostream& out, std::ostream&
 int tta(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   auto o = recipe_options();
   o.add_options()("stream", po::value<std::vector<std::string>>()->multitoken()->zero_tokens(),
-                  "image files, folders, or - (paths on stdin): one JSON line per image");
-  auto p = parse_args(args, "vlmadapt tta --recipe R [--set key=value ...] [--stream INPUTS...]", o, "", out);
+                  "image files, folders, or - (paths on stdin): one JSON line per image")
+      ("state", po::value<std::string>(), "with --stream: an online method's state, read when the file exists and "
+                                          "written back when the stream ends");
+  auto p = parse_args(args, "vlmadapt tta --recipe R [--set key=value ...] [--stream INPUTS... [--state FILE]]", o, "", out);
   if (p.help) return 0;
   Recipe recipe = recipe_from(p.vars);
+  const std::string state = p.vars.count("state") ? p.vars["state"].as<std::string>() : "";
+  if (!state.empty() && !p.vars.count("stream")) throw Error("--state: only with --stream (a dataset split starts from an empty state)");
   if (p.vars.count("stream")) {
-    const int failed = stream_predictions(recipe, p.vars["stream"].as<std::vector<std::string>>(), std::cin, out, err);
+    const int failed =
+        stream_predictions(recipe, p.vars["stream"].as<std::vector<std::string>>(), std::cin, out, err, state);
     if (failed) throw Error(std::to_string(failed) + " image(s) could not be classified (see their \"error\" lines)");
     return 0;
   }

@@ -23,6 +23,7 @@ class OptionSet {
     std::function<std::string()> get;             // current value as text; set(get()) is a no-op
     std::vector<std::string> choices;             // allowed values of a choice option (empty = any)
     std::optional<double> min, max;               // allowed range of a number option (range())
+    bool min_open = false;                        // min itself excluded (above())
     // "one of a|b|c" or "in [0, 1]": what the option accepts, for help and errors.
     std::string accepted() const;
   };
@@ -64,6 +65,7 @@ class OptionSet {
   // naming the key and the range, and the field keeps its value.
   OptionSet& range(double lo, double hi);
   OptionSet& at_least(double lo);
+  OptionSet& above(double lo);  // > lo
   // A '|'-separated list in recipes ("a photo of a {}.|art of the {}."): '|' rather than ','
   // so that prompt templates may contain commas. Items are trimmed; empty items are dropped.
   OptionSet& add(const std::string& name, std::vector<std::string>& field, const std::string& help);
@@ -81,6 +83,7 @@ class OptionSet {
   OptionSet& add_choice(const std::string& name, const std::string& help, std::vector<std::string> choices,
                         std::function<void(size_t)> set_index, std::function<std::string()> get);
   std::string section_;
+  OptionSet& bounded(double lo, double hi, bool open_below);
   std::vector<Entry> entries_;
   std::vector<std::shared_ptr<void>> owners_;
 };

@@ -27,7 +27,13 @@ class ImageStream {
  public:
   ImageStream(Method& method, Clip clip);
   // Views [V,3,R,R] of one image (view 0 the test view) -> logits [1,C], detached.
-  torch::Tensor predict(const torch::Tensor& views, const torch::Tensor& label = {});
+  torch::Tensor predict(const torch::Tensor& views, const torch::Tensor& label = {}) {
+    return predict(batch(views, label));
+  }
+  // The same in two steps, so that a caller may keep the views' frozen features
+  // (several stream orders over the same images encode each image once).
+  Batch batch(const torch::Tensor& views, const torch::Tensor& label = {});
+  torch::Tensor predict(Batch views);
   void finish();
 
  private:

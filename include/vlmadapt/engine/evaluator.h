@@ -21,6 +21,7 @@ struct EvalSetup {
   Clip clip{nullptr};
   const Dataset* dataset = nullptr;
   EvalOptions options;
+  uint64_t seed = 0;              // with the run index, seeds the stream orders (data.seed)
   int workers = 2;
   FeatureCache* cache = nullptr;  // may be null
   std::string transform_tag;      // cache key of the test transform (corruption included)
@@ -30,6 +31,12 @@ struct EvalSetup {
 
 // Metrics of `items` (a split of setup.dataset). Writes confusion_<tag>.csv and
 // predictions_<tag>.jsonl into out_dir when asked.
+// The split is a stream (eval.order, eval.runs): an online method sees each run's order
+// from the state it had when evaluate() was called, and is left in that state; a method that does not carry state from image to image
+// is evaluated once (its predictions do not depend on the order, as each image's views
+// are seeded by its place in the split) and its run accuracies and running accuracy are
+// read off the same predictions in each order. The confusion matrix, ECE and
+// predictions of an online method pool every run (predictions: the first run only).
 Metrics evaluate(const EvalSetup& setup, const std::vector<Item>& items, const std::string& tag);
 
 }  // namespace vlmadapt

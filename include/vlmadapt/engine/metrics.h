@@ -19,6 +19,21 @@ struct Metrics {
   double macro_f1 = 0;                // percent, over classes present in labels or predictions
   double ece = 0;                     // percent, 15 equal-width confidence bins
   std::vector<std::vector<int64_t>> confusion;  // [true][predicted]
+  // The reliability diagram: per confidence bin, its predictions, their mean confidence
+  // and their accuracy (percent; 0 for an empty bin).
+  std::vector<int64_t> bin_count;
+  std::vector<double> bin_confidence, bin_accuracy;
+  // Set by the evaluator. A test split is a stream (eval.order): one top-1 per stream
+  // order (eval.runs), their sample standard deviation and the mean of the worst 10%
+  // (expected tail accuracy); top1 is their mean. running_top1[i] is the accuracy over
+  // the first stream_positions[i] images, averaged over the runs.
+  std::string order;  // the stream order: "shuffled", "by_class", "dirichlet 0.01"
+  std::vector<double> run_top1;
+  double top1_std = 0, tail_top1 = 0;
+  std::vector<int64_t> stream_positions;
+  std::vector<double> running_top1;
+  double seconds_per_image = 0;  // evaluation wall time per image and run
+  double peak_memory_mb = 0;     // the process's peak resident memory when it ended
 };
 
 class MetricAccumulator {
@@ -28,6 +43,8 @@ class MetricAccumulator {
   // `ids` name the samples for per-sample predictions (may be empty).
   void add(const at::Tensor& logits, const at::Tensor& labels, const std::vector<std::string>& ids = {});
   Metrics result() const;
+  // 1 for each sample whose top-1 was right, in the order they were added.
+  const std::vector<uint8_t>& hits() const { return hits_; }
   // CSV with a header row of predicted class names and one row per true class.
   void write_confusion_csv(const std::string& path, const std::vector<std::string>& classnames) const;
   // One JSON line per sample: id, label, prediction, confidence, top-5.
@@ -41,6 +58,7 @@ class MetricAccumulator {
   std::vector<double> bin_confidence_, bin_correct_;
   std::vector<int64_t> bin_count_;
   std::vector<std::string> prediction_lines_;
+  std::vector<uint8_t> hits_;
 };
 
 double harmonic_mean(double a, double b);

@@ -22,6 +22,7 @@
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/adapt/tta.h>
 #include <vlmadapt/core/options.h>
+#include <vlmadapt/engine/stream_order.h>
 
 namespace vlmadapt {
 
@@ -83,6 +84,12 @@ struct EvalOptions {
   AugmixMode augmix = AugmixMode::Auto;
   double scale_min = 0.08;             // random resized crops' area lower bound
   std::string extra_views;
+  // The stream a test-time method sees (stream_order.h): its order, the concentration of
+  // a Dirichlet order, and how many orders (runs) are evaluated, each seeded by
+  // (data.seed, run). Online methods start every run from the same state.
+  StreamOrder order = StreamOrder::Shuffled;
+  double dirichlet = 0.01;
+  int runs = 1;
   void bind(OptionSet& set);
 };
 

@@ -32,8 +32,11 @@ nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split
 // printing one JSON line per image to `out` as soon as it is done: {"file", "top":
 // [{"class", "label", "score"}, ...up to 5], "seconds"}. An image that cannot be read gets
 // {"file", "error"} and the stream goes on. Returns the number of failed images.
+// With `state_file`, an online method's state is read from it when it exists (it must
+// come from the same method, model and class set) and written back when the stream ends,
+// so that a stream may stop and go on.
 int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
-                       std::ostream& out, std::ostream& log);
+                       std::ostream& out, std::ostream& log, const std::string& state_file = "");
 
 
 }  // namespace vlmadapt

@@ -40,7 +40,7 @@ Clip load_model(const ModelOptions& model, std::string* resolved = nullptr);
 // drawn from data.seed and written there ("" = drawn, not written).
 RunContext open_run_context(const Recipe& recipe, const std::string& split_file);
 
-// A context over the dataset's class names only (no split drawn): streams of images.
+// A context over the class names of the recipe (data.classes; no split drawn): streams of images.
 RunContext open_class_context(const Recipe& recipe);
 
 // A context on a given backbone and task (benchmarks, tests): the method of the recipe,

@@ -20,6 +20,20 @@ const std::vector<std::string>& metric_names();
 // A human title for a metric name ("test top-1 accuracy (%)"), used by tables and plots.
 std::string metric_title(const std::string& metric);
 
+// What the evaluator records of a test split as a stream (metrics.json "test"), for the
+// test-time adaptation report: absent from runs made before it existed.
+struct StreamResult {
+  std::string order;          // "shuffled", "by_class", "dirichlet 0.01"
+  std::string adaptation;     // none, episodic, online (run.json)
+  int runs = 1;
+  double top1 = 0, top1_std = 0, tail_top1 = 0, ece = 0;
+  double seconds_per_image = 0, peak_memory_mb = 0;
+  std::vector<double> bin_confidence, bin_accuracy;  // percent per confidence bin
+  std::vector<long long> bin_count;
+  std::vector<long long> positions;                 // running accuracy along the stream
+  std::vector<double> running_top1;
+};
+
 // One finished run.
 struct Run {
   std::string dir;  // the run folder
@@ -27,6 +41,7 @@ struct Run {
   int shots = 0;    // 0 = zero-shot
   long long seed = 0;
   std::map<std::string, double> values;  // metric name -> percent; test_top1 always present
+  std::optional<StreamResult> stream;     // when metrics.json's test split has seconds_per_image
 };
 
 // Reads one run folder. Returns nullopt, with `*skipped` set to a line saying why, when
@@ -75,5 +90,20 @@ std::string plot_png(const std::vector<Cell>& cells, const std::string& dataset,
 // Writes report.md, report.csv and, per dataset, <dataset>_<metric>.svg/.png for every
 // metric it has, into `out_dir` (each file atomically). Returns the paths written.
 std::vector<std::string> write_report(const std::vector<Cell>& cells, const std::string& out_dir);
+
+// ---- test-time adaptation ----------------------------------------------------------
+
+// One "## <dataset>" section per dataset with a run that adapts at test time: a row per
+// such run and per zero-shot run of the dataset (its baselines; method/recipe, stream order) with top-1 (mean over stream orders), its std, the
+// mean of the worst 10% of orders, ECE, seconds per image and peak memory.
+std::string tta_markdown(const std::vector<Run>& runs);
+// A reliability diagram (accuracy per confidence bin against the diagonal) of one run.
+std::string reliability_svg(const Run& run);
+// Running top-1 along the stream of every online run of `dataset` under `order`, beside
+// the zero-shot runs (method zeroshot) of the same dataset and order.
+std::string running_accuracy_svg(const std::vector<Run>& runs, const std::string& dataset, const std::string& order);
+// Writes tta.md, reliability_<dataset>_<method>_<recipe>.svg per run and, per dataset
+// and order with an online run, running_<dataset>_<order>.svg. Returns the paths written.
+std::vector<std::string> write_tta_report(const std::vector<Run>& runs, const std::string& out_dir);
 
 }  // namespace vlmadapt::report
