@@ -352,19 +352,25 @@ TEST(DpeMethod, TextPrototypesEvolveOnlyOnConfidentPredictions) {
 }
 
 TEST(DpeMethod, TheResidualStepMovesThePrediction) {
-  // With zero learning rates DPE is zero-shot plus its cache; with the official ones the
-  // one-step residuals change the logits.
+  // With zero learning rates DPE is zero-shot plus its cache: a fresh cache holds the image
+  // itself, kernel 1, alpha 6 under its pseudo-class.
   torch::manual_seed(4);
   auto text = text_prototypes();
-  auto f = stream_views(text, 1);
-  auto still = online("dpe", {{"dpe.lr_text", "0"}, {"dpe.lr_image", "0"}})->adapt_and_predict(views_batch(f));
-  auto moved = online("dpe")->adapt_and_predict(views_batch(f));
-  auto fn = f[0] / f[0].norm();
+  auto first = stream_views(text, 1), second = stream_views(text, 1);
+  auto frozen = online("dpe", {{"dpe.lr_text", "0"}, {"dpe.lr_image", "0"}});
+  auto still = frozen->adapt_and_predict(views_batch(first));
+  auto fn = first[0] / first[0].norm();
   auto z = logit_scale() * torch::matmul(text, fn);
   auto expected = z.clone();
-  expected[z.argmax().item<int64_t>()] += 6.0;  // alpha; the image's own prototype is its feature
+  expected[z.argmax().item<int64_t>()] += 6.0;
   EXPECT_TRUE(torch::allclose(still[0], expected, 1e-4, 1e-4)) << still << expected;
-  EXPECT_FALSE(torch::allclose(moved, still, 1e-6, 1e-6));
+  // With the official rates, once the cache holds two classes (so that the alignment loss
+  // has a gradient), the one-step residuals change the logits.
+  auto stepped = online("dpe");
+  stepped->adapt_and_predict(views_batch(first));
+  auto moved = stepped->adapt_and_predict(views_batch(second));
+  still = frozen->adapt_and_predict(views_batch(second));
+  EXPECT_GT((moved - still).abs().max().item<double>(), 1e-4) << moved << still;
 }
 
 TEST(BoostAdapterMethod, BoostingSamplesNeverEnterTheState) {
@@ -402,7 +408,8 @@ TEST(OnlineMethods, ALongStreamKeepsTheStateBounded) {
     for (const auto& [k, t] : state) {
       if (k.find("entropies") == std::string::npos) continue;
       auto filled = torch::isfinite(t);
-      EXPECT_GT(filled.sum().item<int64_t>(), kC) << name << " " << k << ": the memory holds entries of several classes";
+      // Something was stored (the negative caches, gated by entropy, hold fewer entries).
+      EXPECT_GT(filled.sum().item<int64_t>(), k == "neg_entropies" ? 1 : kC) << name << " " << k;
       const bool fifo = name == "boostadapter" && k == "neg_entropies";
       if (name != "dmn" && !fifo)  // lowest-entropy caches stay sorted, filled slots first
         EXPECT_TRUE((t.narrow(1, 1, t.size(1) - 1) >= t.narrow(1, 0, t.size(1) - 1)).all().item<bool>()) << name << " " << k;
