@@ -12,8 +12,10 @@
 //             few-shot features: v_c = normalise(sum_j exp(-5.5 (1 - f_0.k_j)) k_j) (keys are
 //             the values); p_dyn = softmax(s v^T f_0). A class with an empty memory reads
 //             t_c alone: its zero-shot logit;
-//   static  - with a few-shot split (fit): per class {t_c} and its normalised shot
-//             features, the same read-out (dmn.static_beta), p_static;
+//   static  - with dmn.static_memory and a few-shot split (fit): per class {t_c} and its
+//             normalised shot features, the same read-out (dmn.static_beta), p_static.
+//             recipes/dmn/dmn.ini turns it off (DMN-ZS): the engine hands fit() the WHOLE
+//             train split when data.shots = 0 (dataset.h), a labelled memory of it;
 //   fuse    - p = p_0 + gamma p_dyn + gamma_static p_static, p_0 = softmax(s f_0 T^T) of view 0.
 //             We return log(p / sum p): the same argmax, and softmax gives the fused probability.
 // Where we differ from the official code, and why:
@@ -48,6 +50,7 @@ struct DmnOptions {
   double gamma = 1.0;
   double gamma_static = 1.0;
   double static_beta = 5.5;
+  bool static_memory = true;
   void bind(OptionSet& s) {
     s.add("templates", templates,
           "prompt templates with {} for the class name, separated by '|'; empty = the dataset's default "
@@ -60,6 +63,9 @@ struct DmnOptions {
         .at_least(0);
     s.add("gamma_static", gamma_static, "weight of the static few-shot memory's probability (DMN-TF)").at_least(0);
     s.add("static_beta", static_beta, "read-out kernel sharpness of the static memory");
+    s.add("static_memory", static_memory,
+          "DMN-TF: keep fit()'s few-shot features as a static memory (set data.shots > 0: shots = 0 means "
+          "the whole train split); false = DMN-ZS, the dynamic memory only");
   }
 };
 
@@ -94,7 +100,7 @@ class Dmn : public Method {
   void fit(const FeatureSet& train, const FeatureSet& /*val*/) override {
     torch::NoGradGuard no_grad;
     const int64_t c = classifier_.size(0), e = classifier_.size(1);
-    if (!train.features.defined() || train.features.size(0) == 0) {
+    if (!options_.static_memory || !train.features.defined() || train.features.size(0) == 0) {
       static_keys_.set_data(torch::zeros({c, 0, e}, classifier_.options()));
       static_counts_.zero_();
       return;

@@ -318,10 +318,14 @@ TEST(DmnMethod, WithoutMemoryWeightItIsZeroShotAndTheImageEntersMemory) {
 TEST(DmnMethod, FewShotFeaturesFormTheStaticMemory) {
   torch::manual_seed(2);
   auto text = text_prototypes();
-  auto m = vlmadapt::make_method("dmn");
-  m->setup(tiny_task());
   auto train = torch::randn({5, text.size(1)});
-  m->fit({train, torch::tensor({0, 3, 3, 0, 3}, torch::kLong)}, {});
+  auto labels = torch::tensor({0, 3, 3, 0, 3}, torch::kLong);
+  auto zero_shot = online("dmn", {{"dmn.static_memory", "false"}});  // DMN-ZS: fit() keeps nothing
+  zero_shot->fit({train, labels}, {});
+  EXPECT_EQ(zero_shot->state().at("static_keys").size(1), 0);
+  auto m = vlmadapt::make_method("dmn", {{"dmn.static_memory", "true"}});
+  m->setup(tiny_task());
+  m->fit({train, labels}, {});
   auto state = m->state();
   EXPECT_EQ(state.at("static_keys").sizes(), (std::vector<int64_t>{kC, 3, text.size(1)}));
   EXPECT_TRUE(torch::equal(state.at("static_counts"), torch::tensor({2, 0, 0, 3, 0, 0, 0, 0, 0, 0}, torch::kLong)));
