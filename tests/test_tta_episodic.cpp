@@ -220,7 +220,7 @@ vlmadapt::TaskContext tiny_task() {
   return t;
 }
 
-vlmadapt::Batch tiny_views(const vlmadapt::TaskContext& task, int64_t n, uint64_t seed) {
+vlmadapt::Batch tiny_views(vlmadapt::TaskContext task, int64_t n, uint64_t seed) {
   torch::manual_seed(seed);
   const int64_t r = task.clip->image_resolution();
   torch::NoGradGuard no_grad;
@@ -251,10 +251,14 @@ TEST(Ctpt, WithLambdaZeroItIsTptExactly) {
   EXPECT_FALSE(torch::equal(calibrated.adapt_and_predict(views), tpt.adapt_and_predict(views)));
 }
 
-TEST(Ctpt, ItsStepRaisesTheDispersionOfTheTunedPrompt) {
-  // One step on -lambda * ATFD alone (a tiny lr, first order) moves the context so that the
-  // class text features spread out; the loss term of C-TPT is that one.
+TEST(Ctpt, ItsLossRaisesTheDispersionOfTheTunedPrompt) {
+  // One step on C-TPT's loss with a large lambda (the dispersion term dominates) and a
+  // tiny lr (first order) moves the context so that the class text features spread out.
   auto task = tiny_task();
+  vlmadapt::methods::CtptOptions co;
+  co.lambda = 1e4;
+  vlmadapt::methods::Ctpt ctpt(co);
+  ctpt.setup(task);
   vlmadapt::TunedPromptOptions o;
   o.lr = 1e-4;
   vlmadapt::TunedPrompt prompt(o);
@@ -263,7 +267,7 @@ TEST(Ctpt, ItsStepRaisesTheDispersionOfTheTunedPrompt) {
   prompt.begin_image();
   auto text = prompt.classifier();
   const double before = tta::text_dispersion(text).item<double>();
-  prompt.step(-50.0 * tta::text_dispersion(text));
+  prompt.step(ctpt.calibrated_loss(tiny_views(task, 2, 3).image_features, text));
   torch::NoGradGuard no_grad;
   EXPECT_GT(tta::text_dispersion(prompt.classifier()).item<double>(), before);
 }

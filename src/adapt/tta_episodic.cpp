@@ -145,5 +145,4 @@ torch::Tensor text_dispersion(const torch::Tensor& text) {
   return (text - centroid).norm(2, 1).mean();
 }
 
-}  // namespace tta
-}  // namespace vlmadapt
+}  // namespace vlmadapt::tta
