@@ -17,10 +17,13 @@
 // - Precision: fp32 on CPU; the official runs fp16 under autocast, where the
 //   zero-temperature softmax splits exact fp16 ties evenly. Here each view's argmax is
 //   counted (the first of exactly equal logits), which differs only on exact ties.
+// - gamma = 0.3 is the official code's value ("updated from the previous value of 0.1",
+//   ttas/zero.py); the first arXiv version of the paper says 0.1.
 // What it returns: the official score vector is the vote count v. We return log(v / sum v)
 // (classes without a vote at log 1e-8), whose argmax is argmax v, with the same top-k
 // order among voted classes, and whose softmax, which the evaluator uses for ECE, is the
-// vote share: the confidence of a prediction is the share of confident views that agree.
+// vote share: the confidence of a prediction is the share of confident views that agree
+// (after a tie-break, the winner's extra vote counts: (n + 1) / (k + 1)).
 // Votes themselves as logits would make the softmax confidence ~1 for any margin >= 5.
 // No parameters, nothing carried between images.
 #pragma once

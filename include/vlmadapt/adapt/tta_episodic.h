@@ -49,7 +49,8 @@ struct ZeroVote {
 
 // logits [V,C] of all views (view 0 the test view) at the scale used to rank confidence
 // (exp(logit_scale) * cos; argmaxes do not depend on the scale). Keeps the int(V * keep)
-// views (at least 1) of lowest entropy, counts their argmaxes, breaks a tie.
+// views (at least 1) of lowest entropy, counts their argmaxes, breaks a tie. With no
+// discarded view (keep_fraction 1, where the official code fails) view 0's logits decide.
 ZeroVote zero_vote(const torch::Tensor& logits, double keep_fraction,
                    ZeroTieBreak tie_break = ZeroTieBreak::Intended);
 // The argmax of one row [C] among `classes` only (first of equal values by class index).
