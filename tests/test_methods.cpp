@@ -170,7 +170,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, MethodContract, ::testing::ValuesIn(vlmadapt:
 
 TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
-  for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image"})
+  for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image", "zero", "mta", "ctpt"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }
