@@ -50,7 +50,7 @@ struct DmnOptions {
   double gamma = 1.0;
   double gamma_static = 1.0;
   double static_beta = 5.5;
-  bool static_memory = true;
+  bool static_memory = false;  // DMN-ZS; true with data.shots = K for DMN-TF
   void bind(OptionSet& s) {
     s.add("templates", templates,
           "prompt templates with {} for the class name, separated by '|'; empty = the dataset's default "

@@ -152,8 +152,12 @@ nlohmann::json bench_tta(Clip clip, const BenchOptions& o) {
     const auto t0 = std::chrono::steady_clock::now();
     Batch b = stream.batch(views);
     encode_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    torch::NoGradGuard no_grad;
-    predicted = (adapts ? stream.predict(std::move(b)) : c.method->logits(b)).argmax(-1)[0].item<int64_t>();
+    if (adapts) {
+      predicted = stream.predict(std::move(b)).argmax(-1)[0].item<int64_t>();
+    } else {
+      torch::NoGradGuard no_grad;
+      predicted = c.method->logits(b).argmax(-1)[0].item<int64_t>();
+    }
   }, o.reps);
   stream.finish();
   encode_seconds.erase(encode_seconds.begin());  // the warm-up call
