@@ -12,10 +12,10 @@
 //             few-shot features: v_c = normalise(sum_j exp(-5.5 (1 - f_0.k_j)) k_j) (keys are
 //             the values); p_dyn = softmax(s v^T f_0). A class with an empty memory reads
 //             t_c alone: its zero-shot logit;
-//   static  - with dmn.static_memory and a few-shot split (fit): per class {t_c} and its
-//             normalised shot features, the same read-out (dmn.static_beta), p_static.
-//             recipes/dmn/dmn.ini turns it off (DMN-ZS): the engine hands fit() the WHOLE
-//             train split when data.shots = 0 (dataset.h), a labelled memory of it;
+//   static  - DMN-TF, when the recipe gives a few-shot split (dmn.static_memory = auto:
+//             data.shots > 0; on; off): per class {t_c} and its normalised shot features,
+//             the same read-out (dmn.static_beta), p_static. With data.shots = 0 the run
+//             hands fit() the whole train split, which auto leaves out (DMN-ZS);
 //   fuse    - p = p_0 + gamma p_dyn + gamma_static p_static, p_0 = softmax(s f_0 T^T) of view 0.
 //             We return log(p / sum p): the same argmax, and softmax gives the fused probability.
 // Where we differ from the official code, and why:
@@ -42,6 +42,14 @@
 
 namespace vlmadapt::methods {
 
+// dmn.static_memory: whether fit()'s features become DMN-TF's static memory.
+enum class StaticMemory { Auto, On, Off };
+inline const std::vector<std::pair<StaticMemory, std::string>>& enum_names(StaticMemory) {
+  static const std::vector<std::pair<StaticMemory, std::string>> n{
+      {StaticMemory::Auto, "auto"}, {StaticMemory::On, "on"}, {StaticMemory::Off, "off"}};
+  return n;
+}
+
 struct DmnOptions {
   std::vector<std::string> templates;  // empty: the dataset's first template; "ensemble": all
   double selection = 0.1;
@@ -50,7 +58,7 @@ struct DmnOptions {
   double gamma = 1.0;
   double gamma_static = 1.0;
   double static_beta = 5.5;
-  bool static_memory = false;  // DMN-ZS; true with data.shots = K for DMN-TF
+  StaticMemory static_memory = StaticMemory::Auto;
   void bind(OptionSet& s) {
     s.add("templates", templates,
           "prompt templates with {} for the class name, separated by '|'; empty = the dataset's default "
@@ -64,8 +72,8 @@ struct DmnOptions {
     s.add("gamma_static", gamma_static, "weight of the static few-shot memory's probability (DMN-TF)").at_least(0);
     s.add("static_beta", static_beta, "read-out kernel sharpness of the static memory");
     s.add("static_memory", static_memory,
-          "DMN-TF: keep fit()'s few-shot features as a static memory (set data.shots > 0: shots = 0 means "
-          "the whole train split); false = DMN-ZS, the dynamic memory only");
+          "DMN-TF's static memory of the few-shot features: auto = when the recipe gives a few-shot split "
+          "(data.shots > 0), on, off (DMN-ZS, the dynamic memory only)");
   }
 };
 
@@ -85,6 +93,7 @@ class Dmn : public Method {
   void setup(const TaskContext& task) override {
     torch::NoGradGuard no_grad;
     clip_ = task.clip;
+    shots_ = task.shots;
     classifier_ = class_text_features(clip_, task.tokenizer, task.classnames, resolve_templates(options_.templates, task))
                       .to(task.device);
     const int64_t c = classifier_.size(0), e = classifier_.size(1);
@@ -100,7 +109,9 @@ class Dmn : public Method {
   void fit(const FeatureSet& train, const FeatureSet& /*val*/) override {
     torch::NoGradGuard no_grad;
     const int64_t c = classifier_.size(0), e = classifier_.size(1);
-    if (!options_.static_memory || !train.features.defined() || train.features.size(0) == 0) {
+    const bool wanted = options_.static_memory == StaticMemory::On ||
+                        (options_.static_memory == StaticMemory::Auto && shots_ > 0);
+    if (!wanted || !train.features.defined() || train.features.size(0) == 0) {
       static_keys_.set_data(torch::zeros({c, 0, e}, classifier_.options()));
       static_counts_.zero_();
       return;
@@ -159,6 +170,7 @@ class Dmn : public Method {
 
   DmnOptions options_;
   Clip clip_{nullptr};
+  int shots_ = 0;  // the task's few-shot split (0 = none or the whole train split)
   torch::Tensor classifier_;  // [C,E] normalised text prototypes; derived from the task
   torch::Tensor memory_keys_, memory_entropies_, memory_counts_;  // the dynamic memory
   torch::Tensor static_keys_, static_counts_;                     // the few-shot memory

@@ -320,10 +320,20 @@ TEST(DmnMethod, FewShotFeaturesFormTheStaticMemory) {
   auto text = text_prototypes();
   auto train = torch::randn({5, text.size(1)});
   auto labels = torch::tensor({0, 3, 3, 0, 3}, torch::kLong);
-  auto zero_shot = online("dmn", {{"dmn.static_memory", "false"}});  // DMN-ZS: fit() keeps nothing
+  auto zero_shot = online("dmn", {{"dmn.static_memory", "off"}});  // DMN-ZS: fit() keeps nothing
   zero_shot->fit({train, labels}, {});
   EXPECT_EQ(zero_shot->state().at("static_keys").size(1), 0);
-  auto m = vlmadapt::make_method("dmn", {{"dmn.static_memory", "true"}});
+  // auto: the static memory when the recipe gives a few-shot split, never for 0 shots
+  // (the whole train split).
+  for (int shots : {0, 4}) {
+    auto t = tiny_task();
+    t.shots = shots;
+    auto a = vlmadapt::make_method("dmn");
+    a->setup(t);
+    a->fit({train, labels}, {});
+    EXPECT_EQ(a->state().at("static_keys").size(1), shots ? 3 : 0) << shots;
+  }
+  auto m = vlmadapt::make_method("dmn", {{"dmn.static_memory", "on"}});
   m->setup(tiny_task());
   m->fit({train, labels}, {});
   auto state = m->state();

@@ -18,6 +18,7 @@ TaskContext RunContext::task_context(const Dataset& data) const {
   t.classnames = data.classnames;
   t.templates = data.templates;
   t.device = device();
+  t.shots = recipe.data.shots;
   return t;
 }
 

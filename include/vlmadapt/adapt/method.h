@@ -53,6 +53,7 @@ struct TaskContext {
   std::vector<std::string> classnames;
   std::vector<std::string> templates;
   torch::Device device = torch::kCPU;
+  int shots = 0;  // the few-shot split's images per class; 0 = the whole train split (or none)
 };
 
 // What a method takes of each image: the frozen image tower's features (computed once,
