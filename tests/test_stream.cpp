@@ -301,24 +301,35 @@ std::vector<std::string> answers(const std::string& out) {
   return rows;
 }
 
-TEST(StreamState, TwentyImagesEqualTenAStopAndTenMore) {
-  const auto dir = vt::temp_dir("stream_state");
+// Every online method, the built-in ones and the probe: the same answers, bit for bit.
+class StreamStateOf : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(StreamStateOf, TwentyImagesEqualTenAStopAndTenMore) {
+  const std::string method = GetParam();
+  const auto dir = vt::temp_dir("stream_state_" + method);
   const auto files = twenty_images();
-  auto whole = cli(stream_args("online_probe", files, ""));
+  const std::vector<std::string> views = {"eval.views=4"};
+  auto whole = cli(stream_args(method, files, "", views));
   ASSERT_EQ(whole.code, 0) << whole.err;
   const auto state = (dir / "memory.safetensors").string();
-  auto first = cli(stream_args("online_probe", {files.begin(), files.begin() + 10}, state));
+  auto first = cli(stream_args(method, {files.begin(), files.begin() + 10}, state, views));
   ASSERT_EQ(first.code, 0) << first.err;
   ASSERT_TRUE(fs::exists(state));
-  auto second = cli(stream_args("online_probe", {files.begin() + 10, files.end()}, state));
+  auto second = cli(stream_args(method, {files.begin() + 10, files.end()}, state, views));
   ASSERT_EQ(second.code, 0) << second.err;
   auto joined = answers(first.out), rest = answers(second.out);
+  ASSERT_EQ(joined.size(), 10u);
   joined.insert(joined.end(), rest.begin(), rest.end());
   EXPECT_EQ(joined, answers(whole.out));
   // Without the state the second half starts from an empty memory and answers otherwise.
-  EXPECT_NE(answers(cli(stream_args("online_probe", {files.begin() + 10, files.end()}, "")).out), rest);
+  if (method == "online_probe")
+    EXPECT_NE(answers(cli(stream_args(method, {files.begin() + 10, files.end()}, "", views)).out), rest);
   fs::remove_all(dir);
 }
+
+INSTANTIATE_TEST_SUITE_P(Online, StreamStateOf,
+                         ::testing::Values("online_probe", "tda", "dmn", "boostadapter", "dpe"),
+                         [](const auto& info) { return info.param; });
 
 TEST(StreamState, AStateOfAnotherStreamIsAnErrorAndTheFileIsKept) {
   const auto dir = vt::temp_dir("stream_state_bad");
