@@ -44,7 +44,7 @@ std::string label_of(const Run& r) { return r.method + "/" + r.recipe; }
 // A square plot area with axes in percent (0-100 on y) and an x range.
 class Svg {
  public:
-  static constexpr double kW = 640, kH = 480, kLeft = 70, kRight = 190, kTop = 40, kBottom = 60;
+  static constexpr double kW = 740, kH = 480, kLeft = 70, kRight = 270, kTop = 40, kBottom = 60;
   Svg(const std::string& title, const std::string& x_title, const std::string& y_title, double x_max)
       : x_max_(x_max) {
     out_ = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + fmt("%.0f", kW) + "\" height=\"" + fmt("%.0f", kH) +
