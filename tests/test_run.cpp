@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -143,6 +144,56 @@ class HookProbe : public vlmadapt::Method {
 };
 VLMADAPT_REGISTER_METHOD(HookProbe, HookProbeOptions, "hook_probe", "test method of test_run: counts hook calls")
 
+// Diverges once, at a given step of the shared loop: its loss or its gradient is NaN.
+int& diverge_step() {
+  static int step = -1;
+  return step;
+}
+bool& diverge_gradient() {
+  static bool gradient = false;
+  return gradient;
+}
+class DivergeProbe : public vlmadapt::Method {
+ public:
+  explicit DivergeProbe(const HookProbeOptions&) { bias_ = register_parameter("bias", torch::zeros({10})); }
+  vlmadapt::Contract contract() const override { return {vlmadapt::Input::Features, false, true}; }
+  void setup(const vlmadapt::TaskContext&) override {}
+  torch::Tensor logits(const vlmadapt::Batch& b) override { return b.image_features.narrow(1, 0, 10) + bias_; }
+  torch::Tensor loss(const vlmadapt::Batch& b) override {
+    auto l = Method::loss(b);
+    if (steps_++ != diverge_step()) return l;
+    // sqrt at 0: a finite loss whose gradient is NaN (inf * 0).
+    return diverge_gradient() ? l + torch::sqrt((bias_ * 0).sum()) : l * std::nan("");
+  }
+
+ private:
+  torch::Tensor bias_;
+  int steps_ = 0;
+};
+VLMADAPT_REGISTER_METHOD(DivergeProbe, HookProbeOptions, "diverge_probe", "test method of test_run: diverges once")
+
+TEST(Run, ANonFiniteLossOrGradientStopsTheRunWhereItHappenedAndResumeGoesOn) {
+  for (bool gradient : {false, true}) {
+    auto dir = vt::temp_dir("run_diverge");
+    diverge_step() = 7;  // 5 steps per epoch: the third step of the second epoch
+    diverge_gradient() = gradient;
+    std::string log;
+    const auto r = recipe(dir, "diverge_probe");
+    EXPECT_EQ(cli({"train", "--recipe", r, "--set", "train.epochs=3", "data.test_limit=5"}, &log), 1);
+    EXPECT_NE(log.find("epoch 2, step 3: training diverged: "), std::string::npos) << log;
+    EXPECT_NE(log.find(gradient ? "a gradient is not finite" : "the loss is nan"), std::string::npos) << log;
+    const auto run = run_dir(dir, "diverge_probe", "diverge_probe");
+    auto latest = nlohmann::json::parse(vlmadapt::read_file((run / "checkpoint" / "latest.json").string()));
+    EXPECT_EQ(latest["epoch"], 1);  // the last good epoch
+    diverge_step() = -1;
+    ASSERT_EQ(cli({"train", "--recipe", r, "--set", "train.epochs=3", "data.test_limit=5", "--resume"}, &log), 0) << log;
+    auto done = nlohmann::json::parse(vlmadapt::read_file((run / "run.json").string()));
+    EXPECT_EQ(done["status"], "finished");
+    EXPECT_TRUE(std::isfinite(done["final_loss"].get<double>()));
+    fs::remove_all(dir);
+  }
+}
+
 TEST(Run, TheSharedCodeCallsEachHookAsMethodHOrdersThem) {
   auto dir = vt::temp_dir("run_hooks");
   hook_counts() = {};
@@ -160,23 +211,62 @@ TEST(Run, TheSharedCodeCallsEachHookAsMethodHOrdersThem) {
   fs::remove_all(dir);
 }
 
-TEST(Run, ResumeAfterAKillReachesTheSameParameters) {
+// A run folder has one writer at a time, cleans up after a killed one, and the keys that
+// name its folders cannot leave the output folder.
+TEST(Run, RunFoldersAreLockedCleanedAndCannotBeEscaped) {
+  auto dir = vt::temp_dir("run_folder");
+  std::string log;
+  EXPECT_EQ(cli({"train", "--recipe", recipe(dir, "zeroshot"), "--set", "name=../../escape"}, &log), 1);
+  EXPECT_NE(log.find("name: '../../escape' cannot name a folder"), std::string::npos) << log;
+  EXPECT_EQ(cli({"train", "--recipe", recipe(dir, "zeroshot"), "--set", "data.dataset=../x"}, &log), 1);
+  EXPECT_NE(log.find("data.dataset: '../x'"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir / "escape"));
+  const auto run = run_dir(dir, "zeroshot", "zeroshot");
+  {
+    vlmadapt::FolderLock held(run);  // another writer
+    EXPECT_EQ(cli({"train", "--recipe", recipe(dir, "zeroshot")}, &log), 1);
+    EXPECT_NE(log.find("another run is writing into this folder"), std::string::npos) << log;
+    EXPECT_FALSE(fs::exists(run / "run.json"));
+  }
+  std::ofstream(run / "metrics.json.tmp.4242") << "half a file of a killed run";
+  ASSERT_EQ(cli({"train", "--recipe", recipe(dir, "zeroshot")}, &log), 0) << log;
+  EXPECT_FALSE(fs::exists(run / "metrics.json.tmp.4242"));
+  EXPECT_NE(log.find("removed 1 temporary file"), std::string::npos) << log;
+  fs::remove_all(dir);
+}
+
+// Killed (SIGKILL, in a separate process) mid-epoch, in the middle of a checkpoint write,
+// and between epochs, then resumed: the final context vectors equal the uninterrupted
+// run's bit for bit, and no file is left half-written.
+TEST(Run, KilledAnywhereAndResumedReachesTheSameParameters) {
   auto dir = vt::temp_dir("run_resume");
   const auto straight = recipe(dir, "coop", "[coop]\nn_ctx = 4\n");
   ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=straight"}), 0);
-  // The same run in a separate process, killed (SIGKILL) right after epoch 2 ...
-  const std::string cmd = "VLMADAPT_KILL_AFTER_EPOCH=2 " + vt::cli_path() + " train --recipe " + straight +
-                          " --set name=killed > /dev/null 2>&1";
-  const int status = std::system(cmd.c_str());
-  ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << status;
-  auto killed = run_dir(dir, "coop", "killed");
-  ASSERT_FALSE(fs::exists(killed / "method.safetensors"));
-  ASSERT_TRUE(fs::exists(killed / "checkpoint" / "latest.json"));
-  // ... then resumed: the final context vectors equal the uninterrupted run's exactly.
-  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=killed", "--resume"}), 0);
-  auto a = vlmadapt::read_safetensors((run_dir(dir, "coop", "straight") / "method.safetensors").string());
-  auto b = vlmadapt::read_safetensors((killed / "method.safetensors").string());
-  EXPECT_TRUE(torch::equal(a.at("prompt_learner.ctx"), b.at("prompt_learner.ctx")));
+  const auto expected = vlmadapt::read_safetensors((run_dir(dir, "coop", "straight") / "method.safetensors").string());
+  // 5 steps per epoch, 4 epochs.
+  for (const std::string at : {"step:7", "checkpoint:2", "epoch:2"}) {
+    const std::string name = "killed_" + at.substr(0, at.find(':'));
+    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + straight +
+                            " --set name=" + name + " > /dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
+    auto killed = run_dir(dir, "coop", name);
+    ASSERT_FALSE(fs::exists(killed / "method.safetensors")) << at;
+    ASSERT_TRUE(fs::exists(killed / "checkpoint" / "latest.json")) << at;
+    auto latest = nlohmann::json::parse(vlmadapt::read_file((killed / "checkpoint" / "latest.json").string()));
+    EXPECT_EQ(latest["epoch"], at == "epoch:2" ? 2 : 1) << at;  // the killed epoch's checkpoint never committed
+    ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=" + name, "--resume"}), 0) << at;
+    auto b = vlmadapt::read_safetensors((killed / "method.safetensors").string());
+    EXPECT_TRUE(torch::equal(expected.at("prompt_learner.ctx"), b.at("prompt_learner.ctx"))) << at;
+    for (const auto& e : fs::recursive_directory_iterator(killed))
+      EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << at << ": " << e.path();
+  }
+  // A finished run resumed again keeps the loss it recorded.
+  const auto killed = run_dir(dir, "coop", "killed_epoch");
+  const auto loss = nlohmann::json::parse(vlmadapt::read_file((killed / "run.json").string()))["final_loss"];
+  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=killed_epoch", "--resume"}), 0);
+  EXPECT_EQ(nlohmann::json::parse(vlmadapt::read_file((killed / "run.json").string()))["final_loss"], loss);
+  EXPECT_NE(loss.get<double>(), 0);
   fs::remove_all(dir);
 }
 
@@ -185,6 +275,14 @@ TEST(Run, RecipeErrorsNameTheKey) {
   std::string out;
   EXPECT_NE(cli({"train", "--recipe", recipe(dir, "coop"), "--set", "train.lr_rate=0.1"}, &out), 0);
   EXPECT_NE(out.find("train.lr"), std::string::npos) << out;
+  // Counts and sizes out of range are refused before anything runs (a batch size of 0
+  // used to loop forever over a warm feature cache).
+  for (const std::string bad : {"eval.batch_size=0", "train.epochs=-2", "eval.views=0", "data.shots=-1",
+                                "data.severity=0", "data.test_limit=-5", "data.workers=0", "train.adam_eps=0",
+                                "eval.runs=0", "eval.scale_min=0"}) {
+    EXPECT_EQ(cli({"train", "--recipe", recipe(dir, "coop"), "--set", bad}, &out), 1) << bad;
+    EXPECT_NE(out.find(bad.substr(0, bad.find('='))), std::string::npos) << out;
+  }
   EXPECT_NE(cli({"train", "--recipe", (dir / "missing.ini").string()}, &out), 0);
   EXPECT_NE(out.find("missing.ini"), std::string::npos) << out;
   fs::remove_all(dir);

@@ -180,6 +180,23 @@ class OnlineProbeB : public OnlineProbe {
 };
 VLMADAPT_REGISTER_METHOD(OnlineProbeB, OnlineProbeOptions, "online_probe_b", "test method of test_stream")
 
+// A test-time step that diverged: every score NaN.
+struct NanProbeOptions {
+  void bind(OptionSet&) {}
+};
+class NanProbe : public Method {
+ public:
+  explicit NanProbe(const NanProbeOptions&) {}
+  Contract contract() const override { return {Input::Features, false, false, Adaptation::Episodic}; }
+  void setup(const TaskContext& task) override { classes_ = static_cast<int64_t>(task.classnames.size()); }
+  torch::Tensor logits(const Batch& b) override { return torch::full({b.image_features.size(0), classes_}, NAN); }
+  torch::Tensor adapt_and_predict(const Batch&) override { return torch::full({1, classes_}, NAN); }
+
+ private:
+  int64_t classes_ = 0;
+};
+VLMADAPT_REGISTER_METHOD(NanProbe, NanProbeOptions, "nan_probe", "test method of test_stream: diverges")
+
 // ---- runs of a dataset split -------------------------------------------------------
 
 struct CliResult {
@@ -361,6 +378,19 @@ TEST(StreamState, AStateOfAnotherStreamIsAnErrorAndTheFileIsKept) {
   r = cli({"tta", "--recipe", fmnist(), "--set", "method=online_probe", "--state", state});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("--stream"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+TEST(StreamState, NonFiniteScoresAreAnErrorNotANull) {
+  const auto dir = vt::temp_dir("stream_nan");
+  auto r = cli(stream_args("nan_probe", {image("fmnist736.png")}, ""));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("not finite"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("null"), std::string::npos) << r.out;
+  r = cli({"tta", "--recipe", fmnist(), "--set", "method=nan_probe", "model.checkpoint=" + vt::tiny_vit(),
+           "data.test_limit=5", "data.shots=0", "eval.views=1", "output=" + (dir / "runs").string()});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("NaN"), std::string::npos) << r.err;
   fs::remove_all(dir);
 }
 

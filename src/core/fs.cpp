@@ -1,5 +1,7 @@
 #include <vlmadapt/core/fs.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -41,6 +43,12 @@ void write_file_atomic(const std::string& path, const std::string& data) {
       throw Error(path + ": write failed (disk full?)");
     }
   }
+  // The data reaches the disk before the rename makes it the file: a crash leaves the old
+  // file or the new one, never a renamed empty one.
+  if (const int fd = ::open(tmp.c_str(), O_RDONLY); fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
   std::error_code ec;
   fs::rename(tmp, target, ec);
   if (ec) {
@@ -57,6 +65,37 @@ bool is_dir(const std::filesystem::path& path) {
 bool is_file(const std::filesystem::path& path) {
   std::error_code ec;
   return std::filesystem::is_regular_file(path, ec);
+}
+
+FolderLock::FolderLock(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(path + ": cannot open the folder's lock (" + std::strerror(errno) + ")");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd_);
+    throw Error(dir.string() + ": another run is writing into this folder (it holds " + path +
+                "); wait for it, or set name = ... for another folder");
+  }
+}
+
+FolderLock::~FolderLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing drops the lock
+}
+
+int remove_temporary_files(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  int removed = 0;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto at = name.rfind(".tmp.");
+    if (at == std::string::npos || !it->is_regular_file(ec)) continue;
+    const std::string pid = name.substr(at + 5);
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (fs::remove(it->path(), ec)) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace vlmadapt

@@ -125,15 +125,15 @@ void DataOptions::bind(OptionSet& set) {
       .add("split_file", split_file, "CoOp split_zhou_*.json, or the list file of dataset=list")
       .add("classnames_file", classnames_file,
            "ImageNet-style \"wnid name\" lines, or one class name per line (folder, list)")
-      .add("shots", shots, "training images per class; 0 = the full train split")
-      .add("val_shots", val_shots, "validation images per class; -1 = min(shots, 4) as CoOp")
+      .add("shots", shots, "training images per class; 0 = the full train split").at_least(0)
+      .add("val_shots", val_shots, "validation images per class; -1 = min(shots, 4) as CoOp").at_least(-1)
       .add("seed", seed, "seed of the few-shot draw (and of training)")
       .add("classes", classes, "all | base | new: base-to-new split of the classes")
       .add("corruption", corruption,
            "ImageNet-C style corruption of every image (gaussian_noise, defocus_blur, ...); \"\" = none")
-      .add("severity", severity, "corruption severity 1..5 (with data.corruption)")
-      .add("test_limit", test_limit, ">0: a fixed seeded subset of this many test images")
-      .add("workers", workers, "image decoding/augmentation threads");
+      .add("severity", severity, "corruption severity 1..5 (with data.corruption)").range(1, 5)
+      .add("test_limit", test_limit, ">0: a fixed seeded subset of this many test images").at_least(0)
+      .add("workers", workers, "image decoding/augmentation threads").range(1, 256);
 }
 
 Dataset open_dataset(const DataOptions& options) {

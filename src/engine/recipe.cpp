@@ -31,9 +31,9 @@ void TrainOptions::bind(OptionSet& set) {
       .add("lr", lr, "peak learning rate").at_least(0)
       .add("momentum", momentum, "SGD momentum").range(0, 1)
       .add("weight_decay", weight_decay, "weight decay").at_least(0)
-      .add("adam_beta1", adam_beta1, "Adam beta1")
-      .add("adam_beta2", adam_beta2, "Adam beta2")
-      .add("adam_eps", adam_eps, "Adam epsilon")
+      .add("adam_beta1", adam_beta1, "Adam beta1").range(0, 0.999999)
+      .add("adam_beta2", adam_beta2, "Adam beta2").range(0, 0.999999)
+      .add("adam_eps", adam_eps, "Adam epsilon").above(0)
       .add("epochs", epochs, "epochs; 0 = from epochs_by_shots").at_least(0)
       .add("epochs_by_shots", epochs_by_shots,
            "epochs per shot count, 'shots:epochs,...' (unlisted: nearest listed below)")
@@ -177,6 +177,13 @@ class Loader {
   bool name_set_ = false;
 };
 
+// Keys that name folders of the run folder (run_dir) must stay inside the output folder.
+void check_folder_name(const std::string& key, const std::string& value) {
+  if (value.empty() || value == "." || value == ".." || value.find_first_of(std::string("/\\\0", 3)) != std::string::npos)
+    throw Error(key + ": '" + value + "' cannot name a folder inside the output folder (expected a plain name: no '/', "
+                "no '..', not empty)");
+}
+
 void Loader::apply(const std::string& key, const std::string& value, const std::string& where) {
   Tables tables(recipe_);
   const std::string section = section_of(key);
@@ -185,6 +192,7 @@ void Loader::apply(const std::string& key, const std::string& value, const std::
       set->set(key, value);
       if (key == "method") find_method(recipe_.method);  // names the known methods
       if (key == kTableKey) parse_epochs_table(recipe_.train.epochs_by_shots);
+      if (key == "name" || key == "data.dataset") check_folder_name(key, value);
     });
     if (key == "name") name_set_ = true;
     return;

@@ -119,8 +119,10 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
       return summary;
     }
   }
+  FolderLock lock(dir);  // one writer per run folder
+  if (const int removed = remove_temporary_files(dir))
+    log << "removed " << removed << " temporary file(s) of a killed run in " << dir.string() << "\n";
   if (!resume && fs::exists(dir / "checkpoint")) fs::remove_all(dir / "checkpoint");
-  fs::create_directories(dir);
   write_file_atomic((dir / "recipe.ini").string(), recipe.to_ini());
   json run = {{"dataset", recipe.data.dataset}, {"method", recipe.method}, {"recipe", recipe.name},
               {"shots", recipe.data.shots}, {"seed", recipe.data.seed}, {"status", "running"}};
@@ -158,6 +160,7 @@ json evaluate_run(const std::string& run_dir, const std::string& split, std::ost
   if (!fs::exists(dir / "recipe.ini")) throw Error(run_dir + ": not a run folder (no recipe.ini)");
   if (!fs::exists(dir / "method.safetensors")) throw Error(run_dir + ": run has not finished (no method.safetensors)");
   Recipe recipe = load_recipe({(dir / "recipe.ini").string()});
+  FolderLock lock(dir);  // it writes the split's confusion matrix and predictions there
   Run r{open_run_context(recipe, (dir / "split.json").string()), dir};
   const auto state = (dir / "method.safetensors").string();
   r.c.method->load_state(read_safetensors(state), state);

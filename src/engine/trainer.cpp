@@ -116,14 +116,47 @@ double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimize
     loss = s_.method->loss(batch).to(torch::kFloat);
   }
   if (!std::isfinite(loss.item<double>()))
-    throw Error("training diverged: loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
+    throw Error("training diverged: the loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
   optimizer.zero_grad();
   loss.backward();
   s_.method->after_backward();
+  // Checked before the step: a non-finite gradient would poison the parameters and the
+  // optimizer's moments, and every checkpoint after them.
+  for (const auto& group : optimizer.param_groups())
+    for (const auto& p : group.params())
+      if (p.grad().defined() && !torch::isfinite(p.grad()).all().item<bool>())
+        throw Error("training diverged: a gradient is not finite (lower train.lr, or set train.grad_clip?)");
   if (s_.recipe.train.grad_clip > 0)
     torch::nn::utils::clip_grad_norm_(s_.method->trainable_parameters(), s_.recipe.train.grad_clip);
   optimizer.step();
   return loss.item<double>();
+}
+
+// A step's error names where it happened; the run stops there, and the last epoch's
+// checkpoint (written before this epoch began) is what --resume continues from.
+// Fault injection for the resume tests: VLMADAPT_KILL_AT=<where>:<n> dies like a killed
+// process (SIGKILL) at that point: "step:N" after the N-th step of the run (mid-epoch),
+// "checkpoint:N" in the middle of epoch N's checkpoint (its state written, not committed),
+// "epoch:N" after epoch N is committed.
+static void kill_point(const char* where, int64_t n) {
+  static const std::string at = [] {
+    const char* v = std::getenv("VLMADAPT_KILL_AT");
+    return std::string(v ? v : "");
+  }();
+  if (!at.empty() && at == std::string(where) + ":" + std::to_string(n)) std::raise(SIGKILL);
+}
+
+double Trainer::located_step(int64_t epoch, int64_t step, const std::function<double()>& run_step) {
+  try {
+    const double loss = run_step();
+    kill_point("step", ++steps_done_);
+    return loss;
+  } catch (const Error& e) {
+    throw Error("epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(step + 1) + ": " + e.what() +
+                (s_.checkpoint_dir.empty() ? std::string()
+                                           : "; the last good checkpoint is kept in " + s_.checkpoint_dir +
+                                                 " (train --resume continues from it)"));
+  }
 }
 
 double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
@@ -133,7 +166,9 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
   double total = 0;
   int64_t steps = 0;
   for (PixelBatch pb; loader.next(pb);) {
-    total += train_step(method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device)), optimizer);
+    total += located_step(epoch, steps, [&] {
+      return train_step(method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device)), optimizer);
+    });
     ++steps;  // not inside the call below: argument evaluation order is unspecified
     progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
   }
@@ -160,7 +195,7 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
     auto index = torch::tensor(rows, torch::kLong);
     Batch batch{{}, view_features_.features.index_select(0, index).to(device),
                 view_features_.labels.index_select(0, index).to(device)};
-    total += train_step(batch, optimizer);
+    total += located_step(epoch, steps, [&] { return train_step(batch, optimizer); });
     ++steps;
   }
   return steps ? total / steps : 0;
@@ -191,7 +226,7 @@ double Trainer::train(bool resume) {
     view_features_ = {torch::cat(feats), torch::cat(labels)};
     if (on_views_cached) on_views_cached();
   }
-  double loss = 0;
+  double loss = resumed_loss_;  // a finished run resumed again keeps the loss it recorded
   s_.method->on_train_begin(epochs_);
   for (int64_t epoch = start; epoch < epochs_; ++epoch) {
     set_lr(*optimizer, learning_rate(s_.recipe.train, epoch, epochs_));
@@ -199,9 +234,7 @@ double Trainer::train(bool resume) {
     save_checkpoint(epoch, *optimizer, loss);
     s_.method->on_epoch_end(epoch, epochs_);
     if (on_epoch_end) on_epoch_end(epoch, loss);
-    // Fault injection for the resume test: die like a killed process after this epoch.
-    if (const char* kill = std::getenv("VLMADAPT_KILL_AFTER_EPOCH"); kill && std::atoi(kill) == epoch + 1)
-      std::raise(SIGKILL);
+    kill_point("epoch", epoch + 1);
   }
   s_.method->on_train_end();
   return loss;
@@ -217,6 +250,7 @@ void Trainer::save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer,
   const auto opt_tmp = (dir / "optimizer.pt.tmp").string();
   torch::save(optimizer, opt_tmp);
   fs::rename(opt_tmp, dir / "optimizer.pt");
+  kill_point("checkpoint", epoch + 1);
   // latest.json is the commit point: a crash before it leaves the previous epoch in force.
   write_file_atomic((root / "latest.json").string(),
                     nlohmann::json{{"epoch", epoch + 1}, {"loss", loss}, {"epochs", epochs_}}.dump());
@@ -230,7 +264,9 @@ int64_t Trainer::load_checkpoint(torch::optim::Optimizer& optimizer) {
   const auto latest = (root / "latest.json").string();
   int64_t done = 0;
   try {
-    done = nlohmann::json::parse(read_file(latest)).at("epoch").get<int64_t>();
+    const auto index = nlohmann::json::parse(read_file(latest));
+    done = index.at("epoch").get<int64_t>();
+    resumed_loss_ = index.at("loss").get<double>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(latest + ": corrupt checkpoint index: " + e.what());
   }

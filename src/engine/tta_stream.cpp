@@ -99,6 +99,8 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
       // Views are seeded by the path, so an image gets the same views wherever it comes.
       auto views = tta_views(decode_image(file), extras, v, augmix, seeded::hash_text(file)).to(c.device());
       auto logits = stream.predict(views);
+      if (!torch::isfinite(logits).all().item<bool>())
+        throw Error(file + ": the method's scores are not finite (a diverged test-time step?)");
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       out << prediction(file, logits.cpu(), c.task.classnames, 5, seconds).dump() << std::endl;
     } catch (const std::exception& e) {

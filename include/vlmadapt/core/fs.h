@@ -13,4 +13,23 @@ void write_file_atomic(const std::string& path, const std::string& data);
 bool is_dir(const std::filesystem::path& path);
 bool is_file(const std::filesystem::path& path);
 
+// An exclusive lock on `dir`/.lock (flock), held as long as the object lives: a second
+// writer into the same folder gets a vlmadapt::Error naming it instead of interleaving.
+// The kernel drops the lock when a process dies, so a killed run leaves none behind.
+class FolderLock {
+ public:
+  explicit FolderLock(const std::filesystem::path& dir);
+  ~FolderLock();
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// Removes the temporary files that write_file_atomic leaves when a process is killed
+// mid-write (<name>.tmp.<pid>) under `dir`; call it while holding the folder's lock.
+// Returns how many were removed.
+int remove_temporary_files(const std::filesystem::path& dir);
+
 }  // namespace vlmadapt

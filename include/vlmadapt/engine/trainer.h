@@ -47,6 +47,9 @@ class Trainer {
  private:
   double run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
   double run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimizer);
+  double located_step(int64_t epoch, int64_t step, const std::function<double()>& run_step);
+  int64_t steps_done_ = 0;
+  double resumed_loss_ = 0;  // the loss of the epoch a resume starts after  // steps taken by this process (fault injection counts them)
   void save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss);
   int64_t load_checkpoint(torch::optim::Optimizer& optimizer);
   LoaderOptions loader_options(int64_t epoch) const;
