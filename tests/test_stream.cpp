@@ -20,6 +20,7 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/engine/recipe.h>
+#include <vlmadapt/engine/run.h>
 #include <vlmadapt/engine/stream_order.h>
 #include "test_util.h"
 
@@ -378,6 +379,49 @@ TEST(StreamState, AStateOfAnotherStreamIsAnErrorAndTheFileIsKept) {
   r = cli({"tta", "--recipe", fmnist(), "--set", "method=online_probe", "--state", state});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("--stream"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
+// Whatever comes down a stream gets a line, a prediction or an error, and the stream goes
+// on: good images among truncated and empty files, a folder, text named .png, a path
+// that is not UTF-8 and a decompression bomb's header (refused before decoding).
+TEST(StreamState, GarbageGetsAnErrorLineAndTheStreamGoesOn) {
+  const auto dir = vt::temp_dir("stream_garbage");
+  const std::string good = read_file(image("fmnist736.png"));
+  auto put = [&](const std::string& name, const std::string& bytes) {
+    const auto p = (dir / name).string();
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p;
+  };
+  std::string bomb("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR", 16);
+  for (uint32_t v : {20000u, 20000u})
+    for (int shift = 24; shift >= 0; shift -= 8) bomb += static_cast<char>((v >> shift) & 0xFF);
+  bomb += std::string("\x08\x02\0\0\0\0\0\0\0", 9);
+  fs::create_directories(dir / "a_folder.png");
+  const std::vector<std::string> inputs = {
+      image("fmnist736.png"),
+      put("truncated.png", good.substr(0, good.size() / 2)),
+      put("empty.png", ""),
+      (dir / "a_folder.png").string(),
+      put("notes.png", "these are notes, not pixels"),
+      put(std::string("caf\xe9_latin1.png"), good),
+      put("bomb.png", bomb),
+      image("fmnist3918.png")};
+  std::string paths;
+  for (const auto& p : inputs) paths += p + "\n";
+  std::istringstream in(paths);
+  std::ostringstream out, err;
+  Progress::quiet() = true;
+  const Recipe recipe = load_recipe({fmnist()}, {"method=tda", "model.checkpoint=" + vt::tiny_vit(), "eval.views=1"});
+  EXPECT_EQ(stream_predictions(recipe, {"-"}, in, out, err), 5);  // paths read from the input, one per line
+  std::vector<nlohmann::json> rows;
+  std::istringstream lines(out.str());
+  for (std::string l; std::getline(lines, l);) rows.push_back(nlohmann::json::parse(l));
+  ASSERT_EQ(rows.size(), inputs.size()) << out.str();
+  const std::vector<bool> predicted = {true, false, false, false, false, true, false, true};
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i].contains("top"), predicted[i]) << rows[i].dump();
+  EXPECT_NE(rows[6]["error"].get<std::string>().find("20000 x 20000"), std::string::npos) << rows[6].dump();
+  EXPECT_NE(rows[5]["file"].get<std::string>().find("caf"), std::string::npos);
   fs::remove_all(dir);
 }
 

@@ -45,6 +45,10 @@ json prediction(const std::string& file, const torch::Tensor& logits, const std:
   return {{"file", file}, {"top", top}, {"seconds", seconds}};
 }
 
+// One JSON line. Paths are bytes, not always UTF-8: invalid sequences print as U+FFFD
+// rather than stopping the stream.
+std::string line(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 // What a state file must match: the method, the model and the class set it was made on.
 std::map<std::string, std::string> state_identity(const RunContext& c) {
   std::string names;
@@ -102,10 +106,10 @@ int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inp
       if (!torch::isfinite(logits).all().item<bool>())
         throw Error(file + ": the method's scores are not finite (a diverged test-time step?)");
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      out << prediction(file, logits.cpu(), c.task.classnames, 5, seconds).dump() << std::endl;
+      out << line(prediction(file, logits.cpu(), c.task.classnames, 5, seconds)) << std::endl;
     } catch (const std::exception& e) {
       ++failed;
-      out << json{{"file", file}, {"error", e.what()}}.dump() << std::endl;
+      out << line(json{{"file", file}, {"error", e.what()}}) << std::endl;
     }
   };
   for (const auto& input : inputs) {
