@@ -10,7 +10,8 @@
 // ATFD = mean_c ||t_c - mean_c' t_c'|| (tta::text_dispersion) of those same text features;
 // one AdamW step (lr 5e-3, weight decay 0.01); the prediction is the test view's logits
 // with the tuned context. Context and optimizer are reset exactly after every image, by
-// the TunedPrompt that TPT uses.
+// the TunedPrompt that TPT uses. Ctpt is Tpt with its step's loss replaced, so TPT's
+// options (ctx_init, lr, steps, selection, cosine_selection, ...) apply to it too.
 // lambda (ctpt.lambda): 50 in the official fine-grained scripts (ImageNet included),
 // 20 in the natural-shift scripts (ImageNet-A, -V2, -R, -Sketch).
 // Where we follow the official code: the ATFD is computed on the normalised text features
@@ -20,20 +21,17 @@
 // gradient before the AdamW step, so without overflow it changes nothing); the official
 // `--two_step` (off in every script) is not implemented.
 #pragma once
-#include <vlmadapt/adapt/method.h>
-#include <vlmadapt/adapt/tta.h>
 #include <vlmadapt/adapt/tta_episodic.h>
-#include <vlmadapt/adapt/tta_prompt.h>
+
+#include "methods/tpt.h"
 
 namespace vlmadapt::methods {
 
 struct CtptOptions {
-  TunedPromptOptions tuning;
-  double selection = 0.1;  // share of views kept by lowest entropy
-  double lambda = 50.0;    // weight of the dispersion term
+  TptOptions tpt;
+  double lambda = 50.0;  // weight of the dispersion term
   void bind(OptionSet& s) {
-    tuning.bind(s);
-    s.add("selection", selection, "share of views kept by lowest entropy (TPT 0.1)").range(0, 1);
+    tpt.bind(s);
     s.add("lambda", lambda,
           "weight of the text-feature dispersion (ATFD) subtracted from the loss: 50 for fine-grained sets "
           "and ImageNet, 20 for the natural shifts A, V2, R, Sketch (official scripts)")
@@ -41,45 +39,22 @@ struct CtptOptions {
   }
 };
 
-class Ctpt : public Method {
+class Ctpt : public Tpt {
  public:
-  explicit Ctpt(const CtptOptions& options) : options_(options), prompt_(options.tuning) {}
-
-  void setup(const TaskContext& task) override {
-    clip_ = task.clip;
-    prompt_.setup(*this, task);
-  }
-  Contract contract() const override {
-    return {Input::Features, false, false, options_.tuning.continual ? Adaptation::Online : Adaptation::Episodic};
-  }
-  void on_state_loaded() override { prompt_.restart_from_current(); }
-  torch::Tensor logits(const Batch& batch) override {
-    return cosine_logits(clip_, batch.image_features, prompt_.classifier());
-  }
-
-  torch::Tensor adapt_and_predict(const Batch& views) override {
-    prompt_.begin_image();
-    const auto& features = views.image_features;
-    torch::Tensor kept;
-    for (int step = 0; step < options_.tuning.steps; ++step) {
-      auto text = prompt_.classifier();
-      if (!kept.defined()) kept = tta::confident_views(cosine_logits(clip_, features, text), options_.selection);
-      prompt_.step(calibrated_loss(features.index_select(0, kept), text));
-    }
-    torch::NoGradGuard no_grad;
-    return cosine_logits(clip_, features.narrow(0, 0, 1), prompt_.classifier());
-  }
+  explicit Ctpt(const CtptOptions& options) : Tpt(options.tpt), lambda_(options.lambda) {}
 
   // L = marginal entropy of the kept views - lambda * ATFD of the class text features.
   torch::Tensor calibrated_loss(const torch::Tensor& kept_features, const torch::Tensor& text) {
-    return tta::marginal_entropy(cosine_logits(clip_, kept_features, text)) -
-           options_.lambda * tta::text_dispersion(text);
+    return Tpt::tuning_loss(kept_features, text) - lambda_ * tta::text_dispersion(text);
+  }
+
+ protected:
+  torch::Tensor tuning_loss(const torch::Tensor& kept_features, const torch::Tensor& text) override {
+    return calibrated_loss(kept_features, text);
   }
 
  private:
-  CtptOptions options_;
-  TunedPrompt prompt_;
-  Clip clip_{nullptr};
+  double lambda_;
 };
 
 VLMADAPT_REGISTER_METHOD(Ctpt, CtptOptions, "ctpt",

@@ -58,10 +58,17 @@ class Tpt : public Method {
     for (int step = 0; step < options_.tuning.steps; ++step) {
       auto classifier = prompt_.classifier();
       if (!kept.defined()) kept = select(cosine_logits(clip_, features, classifier));  // once, at the first step
-      prompt_.step(tta::marginal_entropy(cosine_logits(clip_, features.index_select(0, kept), classifier)));
+      prompt_.step(tuning_loss(features.index_select(0, kept), classifier));
     }
     torch::NoGradGuard no_grad;
     return cosine_logits(clip_, features.narrow(0, 0, 1), prompt_.classifier());
+  }
+
+ protected:
+  // The loss of one step on the kept views' features, with the current class text
+  // features `text`: TPT's marginal entropy (C-TPT adds its dispersion term).
+  virtual torch::Tensor tuning_loss(const torch::Tensor& kept_features, const torch::Tensor& text) {
+    return tta::marginal_entropy(cosine_logits(clip_, kept_features, text));
   }
 
  private:
@@ -73,6 +80,8 @@ class Tpt : public Method {
 
   TptOptions options_;
   TunedPrompt prompt_;
+
+ protected:
   Clip clip_{nullptr};
 };
 

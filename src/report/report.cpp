@@ -15,7 +15,11 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/engine/metrics.h>
 
+#include "report/report_text.h"
+
 namespace vlmadapt::report {
+using text::file_stem;
+using text::fmt;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -259,11 +263,6 @@ std::vector<Cell> aggregate(const std::vector<Run>& runs) {
 
 namespace {
 
-std::string fmt(const char* format, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
 
 std::string md_escape(std::string s) {
   for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2) s.insert(i, "\\");
@@ -346,12 +345,6 @@ std::string csv(const std::vector<Cell>& cells) {
 }
 
 namespace {
-// Dataset names become file names: keep them to a safe alphabet.
-std::string file_stem(const std::string& s) {
-  std::string out;
-  for (char ch : s) out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.') ? ch : '_';
-  return out.empty() ? "_" : out;
-}
 }  // namespace
 
 std::vector<std::string> write_report(const std::vector<Cell>& cells, const std::string& out_dir) {

@@ -14,7 +14,10 @@
 
 #include <vlmadapt/core/error.h>
 
+#include "report/report_text.h"
+
 namespace vlmadapt::report {
+using text::xml_escape;
 namespace {
 
 struct Rgb {
@@ -212,19 +215,6 @@ std::string hex(Rgb c) {
   return buf;
 }
 
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
-    }
-  }
-  return out;
-}
 
 class SvgPainter : public Painter {
  public:

@@ -11,33 +11,17 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/report/report.h>
 
+#include "report/report_text.h"
+
 namespace vlmadapt::report {
+using text::file_stem;
+using text::fmt;
+using text::xml_escape;
 namespace fs = std::filesystem;
 namespace {
 
-std::string fmt(const char* format, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
 
-std::string xml(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
-  }
-  return out;
-}
 
-std::string stem(const std::string& s) {
-  std::string out;
-  for (char ch : s) out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.') ? ch : '_';
-  return out.empty() ? "_" : out;
-}
 
 std::string label_of(const Run& r) { return r.method + "/" + r.recipe; }
 
@@ -52,7 +36,7 @@ class Svg {
     text(kW / 2 - kRight / 2, 24, title, "middle", 15);
     text(kLeft + width() / 2, kH - 15, x_title, "middle");
     out_ += "<text transform=\"translate(18," + fmt("%.1f", kTop + height() / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
-            xml(y_title) + "</text>\n";
+            xml_escape(y_title) + "</text>\n";
     for (int k = 0; k <= 5; ++k) {
       const double y = 20.0 * k;
       line(0, y, x_max, y, "#dddddd");
@@ -90,7 +74,7 @@ class Svg {
   }
   void text(double x, double y, const std::string& s, const char* anchor = "start", int size = 13) {
     out_ += "<text x=\"" + fmt("%.1f", x) + "\" y=\"" + fmt("%.1f", y) + "\" text-anchor=\"" + anchor +
-            "\" font-size=\"" + std::to_string(size) + "\">" + xml(s) + "</text>\n";
+            "\" font-size=\"" + std::to_string(size) + "\">" + xml_escape(s) + "</text>\n";
   }
   std::string done() { return out_ + "</svg>\n"; }
 
@@ -190,11 +174,11 @@ std::vector<std::string> write_tta_report(const std::vector<Run>& runs, const st
   const auto datasets = datasets_with_streams(runs);
   for (const auto& r : runs) {
     if (std::find(datasets.begin(), datasets.end(), r.dataset) == datasets.end() || !in_tta_table(r, r.dataset)) continue;
-    put("reliability_" + stem(r.dataset) + "_" + stem(r.method) + "_" + stem(r.recipe) + ".svg", reliability_svg(r));
+    put("reliability_" + file_stem(r.dataset) + "_" + file_stem(r.method) + "_" + file_stem(r.recipe) + ".svg", reliability_svg(r));
     if (r.stream->adaptation == "online") streams.insert({r.dataset, r.stream->order});
   }
   for (const auto& [dataset, order] : streams)
-    put("running_" + stem(dataset) + "_" + stem(order) + ".svg", running_accuracy_svg(runs, dataset, order));
+    put("running_" + file_stem(dataset) + "_" + file_stem(order) + ".svg", running_accuracy_svg(runs, dataset, order));
   return written;
 }
 
