@@ -38,7 +38,6 @@
 #include <vlmadapt/adapt/prompts.h>
 #include <vlmadapt/adapt/tta_cache.h>
 
-#include "methods/zeroshot.h"  // resolve_templates
 
 namespace vlmadapt::methods {
 
@@ -106,7 +105,9 @@ class Dmn : public Method {
   }
 
   // DMN-TF's static memory: the normalised few-shot features, per class (none for 0 shots).
-  void fit(const FeatureSet& train, const FeatureSet& /*val*/) override {
+  using Method::fit;
+  void fit(const FitData& data) override {
+    const FeatureSet& train = data.support;
     torch::NoGradGuard no_grad;
     const int64_t c = classifier_.size(0), e = classifier_.size(1);
     const bool wanted = options_.static_memory == StaticMemory::On ||

@@ -36,7 +36,6 @@
 #include <vlmadapt/adapt/tta.h>
 #include <vlmadapt/adapt/tta_cache.h>
 
-#include "methods/zeroshot.h"  // resolve_templates
 
 namespace vlmadapt::methods {
 

@@ -35,10 +35,14 @@ class LinearProbe : public Method {
   void setup(const TaskContext& task) override { num_classes_ = static_cast<int64_t>(task.classnames.size()); }
 
   Contract contract() const override { return {Input::Features, /*fits=*/true}; }
-  void fit(const FeatureSet& train, const FeatureSet& val) override {
+  using Method::fit;
+  void fit(const FitData& data) override {
+    const FeatureSet& train = data.support;
     if (train.features.size(0) == 0) throw Error("linear_probe: the train split is empty");
     double best_c = options_.c;
-    if (best_c <= 0) best_c = search(train, val);
+    if (best_c <= 0 && data.selection == Selection::None)
+      throw Error("linear_probe: train.selection = none, but C is searched on the validation split (set linear_probe.c)");
+    if (best_c <= 0) best_c = search(train, data.val);
     auto [w, b] = solve(normalized(train.features), train.labels, best_c);
     weight_.set_data(w);
     bias_.set_data(b);
@@ -51,6 +55,7 @@ class LinearProbe : public Method {
   }
 
   double chosen_c() const { return c_.item<double>(); }
+  std::map<std::string, double> chosen() const override { return {{"c", chosen_c()}}; }
 
  private:
   static torch::Tensor normalized(const torch::Tensor& f) { return (f / f.norm(2, -1, true)).to(torch::kFloat); }

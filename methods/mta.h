@@ -26,7 +26,6 @@
 #include <vlmadapt/adapt/prompts.h>
 #include <vlmadapt/adapt/tta_episodic.h>
 
-#include "zeroshot.h"  // resolve_templates
 
 namespace vlmadapt::methods {
 

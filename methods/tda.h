@@ -29,7 +29,6 @@
 #include <vlmadapt/adapt/prompts.h>
 #include <vlmadapt/adapt/tta_cache.h>
 
-#include "methods/zeroshot.h"  // resolve_templates
 
 namespace vlmadapt::methods {
 

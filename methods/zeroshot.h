@@ -17,14 +17,6 @@ struct ZeroshotOptions {
   }
 };
 
-// The templates a method uses: explicit ones, the dataset's first, or all ("ensemble").
-inline std::vector<std::string> resolve_templates(const std::vector<std::string>& asked, const TaskContext& task) {
-  if (asked.size() == 1 && asked[0] == "ensemble") return task.templates;
-  if (!asked.empty()) return asked;
-  if (task.templates.empty()) return {"a photo of a {}."};
-  return {task.templates.front()};
-}
-
 class Zeroshot : public Method {
  public:
   explicit Zeroshot(const ZeroshotOptions& options) : options_(options) {}

@@ -64,7 +64,11 @@ std::shared_ptr<Method> build(const std::string& name, uint64_t seed, bool fit =
   torch::manual_seed(seed);
   auto m = vlmadapt::make_method(name);
   m->setup(task(shared_clip()));
-  if (fit && m->contract().fits) m->fit(features(40, 11), features(20, 12));
+  if (fit && m->contract().fits) {
+    vlmadapt::FitData data{features(40, 11), 1, features(20, 12)};
+    if (m->contract().unlabelled_test) data.unlabelled = features(30, 13).features;  // ZPE's test images
+    m->fit(data);
+  }
   return m;
 }
 
@@ -186,7 +190,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, MethodContract, ::testing::ValuesIn(vlmadapt:
 TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
   for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image", "zero", "mta", "ctpt", "tda",
-                        "dmn", "boostadapter", "dpe"})
+                        "dmn", "boostadapter", "dpe", "tip_adapter", "tip_adapter_f", "gda", "lp_pp", "clap", "zpe"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }

@@ -135,6 +135,11 @@ torch::Tensor Method::register_data_buffer(const std::string& name, torch::Tenso
   return register_buffer(name, std::move(tensor));
 }
 
+torch::Tensor Method::register_data_parameter(const std::string& name, torch::Tensor tensor) {
+  data_buffers_.insert(name);
+  return register_parameter(name, std::move(tensor));
+}
+
 TensorMap Method::state() {
   TensorMap out;
   for (const auto& p : named_parameters(/*recurse=*/true)) out[p.key()] = p.value().detach().clone();
@@ -162,6 +167,7 @@ void Method::load_state(const TensorMap& state, const std::string& where) {
     torch::NoGradGuard no_grad;
     for (auto& [key, target] : mine) {
       const auto& saved = state.at(key);
+      // set_data keeps the tensor (and an optimizer's reference to a parameter) in place.
       if (data_buffers_.count(key)) target.set_data(saved.to(target.device()).clone());
       else target.copy_(saved);
     }

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <vlmadapt/adapt/method.h>
 #include <vlmadapt/core/error.h>
 
 #include "backbone/fused_tower.h"
@@ -39,6 +40,30 @@ torch::Tensor class_text_features(Clip& clip, const Tokenizer& tokenizer,
     chunks.push_back(f / f.norm(2, -1, true));
   }
   return torch::cat(chunks, 0);
+}
+
+torch::Tensor template_text_features(Clip& clip, const Tokenizer& tokenizer, const std::vector<std::string>& classnames,
+                                     const std::vector<std::string>& templates, bool normalise, int64_t chunk) {
+  if (templates.empty()) throw Error("template_text_features: no prompt templates given");
+  torch::NoGradGuard no_grad;
+  const auto device = clip->logit_scale().device();
+  std::vector<std::string> texts;  // template-major: row p*C + c
+  for (const auto& t : templates)
+    for (const auto& name : classnames) texts.push_back(fill_template(t, name));
+  std::vector<torch::Tensor> parts;
+  for (size_t start = 0; start < texts.size(); start += static_cast<size_t>(chunk)) {
+    std::vector<std::string> part(texts.begin() + start, texts.begin() + std::min(texts.size(), start + chunk));
+    auto f = clip->encode_text(tokenizer.tokenize(part, clip->config().context_length, true).to(device)).to(torch::kFloat);
+    parts.push_back(normalise ? f / f.norm(2, -1, true) : f);
+  }
+  return torch::cat(parts).view({static_cast<int64_t>(templates.size()), static_cast<int64_t>(classnames.size()), -1});
+}
+
+std::vector<std::string> resolve_templates(const std::vector<std::string>& asked, const TaskContext& task) {
+  if (asked.size() == 1 && asked[0] == "ensemble") return task.templates;
+  if (!asked.empty()) return asked;
+  if (task.templates.empty()) return {"a photo of a {}."};
+  return {task.templates.front()};
 }
 
 torch::Tensor cosine_logits(Clip& clip, const torch::Tensor& image_features, const torch::Tensor& classifier) {

@@ -220,6 +220,23 @@ OptionSet& OptionSet::add(const std::string& name, std::vector<std::string>& fie
   return push(std::move(e));
 }
 
+OptionSet& OptionSet::add(const std::string& name, std::vector<double>& field, const std::string& help) {
+  Entry e = finish({}, section_, name, help);
+  e.type = "numbers";
+  e.set = [key = e.key, &field](const std::string& v) {
+    std::vector<double> values;
+    for (const auto& item : split_list(v)) values.push_back(parse_double(key, item));
+    if (values.empty()) bad_value(key, "a '|'-separated list of numbers", v);
+    field = values;
+  };
+  e.get = [&field] {
+    std::vector<std::string> items;
+    for (double d : field) items.push_back(format_double(d));
+    return join_list(items);
+  };
+  return push(std::move(e));
+}
+
 const OptionSet::Entry* OptionSet::find(const std::string& key) const {
   for (const auto& e : entries_)
     if (e.key == key) return &e;

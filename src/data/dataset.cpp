@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <unordered_map>
 
 #include <vlmadapt/core/error.h>
@@ -133,7 +134,12 @@ void DataOptions::bind(OptionSet& set) {
            "ImageNet-C style corruption of every image (gaussian_noise, defocus_blur, ...); \"\" = none")
       .add("severity", severity, "corruption severity 1..5 (with data.corruption)").range(1, 5)
       .add("test_limit", test_limit, ">0: a fixed seeded subset of this many test images").at_least(0)
-      .add("workers", workers, "image decoding/augmentation threads").range(1, 256);
+      .add("workers", workers, "image decoding/augmentation threads").range(1, 256)
+      .add("support", support,
+           "folder <class>/<images> of extra labelled images for the support set (cache) of training-free "
+           "methods, e.g. retrieved or generated ones as CapS-Adapter; \"\" = none")
+      .add("support_mode", support_mode, "add: the support folder's images join the few-shot train images; replace: they are the support set",
+           {"add", "replace"});
 }
 
 Dataset open_dataset(const DataOptions& options) {
@@ -306,6 +312,18 @@ Dataset load_split(const Dataset& full, const std::string& path) {
     out.parent_labels = full.parent_labels;
   }
   return out;
+}
+
+std::vector<std::string> builtin_template_pool() {
+  std::vector<std::string> pool;
+  std::set<std::string> seen;
+  auto add = [&](const std::vector<std::string>& templates) {
+    for (const auto& t : templates)
+      if (seen.insert(t).second) pool.push_back(t);
+  };
+  add(builtin_prompts("ImageNet").templates);
+  for (const auto& kv : prompts_table(false).items()) add(builtin_prompts(kv.key()).templates);
+  return pool;
 }
 
 ClassPrompts builtin_prompts(const std::string& name) {

@@ -204,3 +204,63 @@ Dataset open_list(const DataOptions& o) {
 }
 
 }  // namespace vlmadapt::detail
+
+namespace vlmadapt {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string folded(std::string s) {
+  std::replace(s.begin(), s.end(), '_', ' ');
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+}  // namespace
+
+Dataset open_support_folder(const std::string& folder, const std::vector<std::string>& classnames) {
+  const fs::path root(folder);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) throw Error("data.support: " + folder + ": no such folder (expected <folder>/<class>/<images>)");
+  std::map<std::string, int64_t> by_name;
+  for (size_t i = 0; i < classnames.size(); ++i) by_name.emplace(folded(classnames[i]), int64_t(i));
+  std::map<std::string, int64_t> labels;
+  for (const std::string& sub : detail::list_subdirs(root)) {
+    const auto found = by_name.find(folded(sub));
+    if (found == by_name.end()) {
+      std::string known;
+      for (size_t i = 0; i < classnames.size() && i < 20; ++i) known += (i ? ", " : "") + classnames[i];
+      throw Error("data.support: " + (root / sub).string() + ": class folder '" + sub +
+                  "' is not a class of the task (folder names are matched to class names with '_' "
+                  "read as ' ', ignoring case; classes: " + known + (classnames.size() > 20 ? ", ..." : "") + ")");
+    }
+    labels[sub] = found->second;
+  }
+  Dataset d;
+  d.name = "support";
+  d.root = root.string();
+  d.classnames = classnames;
+  d.train = detail::scan_class_folders(root, "", labels, "the task's classes");
+  if (d.train.empty()) throw Error("data.support: " + folder + ": no images in its class folders");
+  d.load = detail::file_loader(d.root);
+  return d;
+}
+
+Dataset open_image_folder(const std::string& folder, const std::string& key) {
+  const fs::path root(folder);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) throw Error(key + ": " + folder + ": no such folder");
+  Dataset d;
+  d.name = "images";
+  d.root = root.string();
+  d.classnames = {"image"};
+  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied);
+       it != fs::recursive_directory_iterator(); ++it)
+    if (it->is_regular_file(ec) && is_image_path(it->path().string()))
+      d.test.push_back({fs::relative(it->path(), root).string(), 0});
+  std::sort(d.test.begin(), d.test.end(), [](const Item& a, const Item& b) { return a.ref < b.ref; });
+  if (d.test.empty()) throw Error(key + ": " + folder + ": no images found");
+  d.load = detail::file_loader(d.root);
+  return d;
+}
+
+}  // namespace vlmadapt

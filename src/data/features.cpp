@@ -88,4 +88,22 @@ FeatureSet FeatureCache::features(Clip& clip, const Dataset& dataset, const std:
   return {stored.index_select(0, torch::tensor(index, torch::kLong)), torch::tensor(labels, torch::kLong)};
 }
 
+FeatureSet augmented_view_features(Clip& clip, const Dataset& dataset, const std::vector<Item>& items,
+                                   LoaderOptions augment, int views, FeatureCache* cache) {
+  augment.augment = true;
+  augment.shuffle = false;
+  augment.drop_last = false;
+  std::vector<torch::Tensor> feats, labels;
+  for (int v = 0; v < views; ++v) {
+    augment.epoch = -1 - v;
+    const std::string tag = "view" + std::to_string(v) + "-seed" + std::to_string(augment.seed) + "-scale" +
+                            std::to_string(augment.augmentation.scale_min) + (augment.augmentation.flip ? "-flip" : "");
+    auto fs = cache ? cache->features(clip, dataset, items, augment, tag) : compute_features(clip, dataset, items, augment);
+    feats.push_back(fs.features);
+    labels.push_back(fs.labels);
+  }
+  if (feats.empty()) return {torch::zeros({0, clip->embed_dim()}), torch::zeros({0}, torch::kLong)};
+  return {torch::cat(feats), torch::cat(labels)};
+}
+
 }  // namespace vlmadapt

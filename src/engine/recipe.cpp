@@ -47,7 +47,10 @@ void TrainOptions::bind(OptionSet& set) {
       .add("scale_min", scale_min, "RandomResizedCrop scale lower bound").range(0, 1)
       .add("flip", flip, "random horizontal flips")
       .add("feature_views", feature_views,
-           ">0: cache frozen features of this many augmented views per image").at_least(0);
+           ">0: cache frozen features of this many augmented views per image").at_least(0)
+      .add("selection", selection,
+           "how methods choose hyper-parameters and epochs: val = on the validation split only; none = their "
+           "paper's fixed values or a validation-free rule (the test split is never used)");
 }
 
 void EvalOptions::bind(OptionSet& set) {

@@ -1,5 +1,6 @@
 #include <vlmadapt/engine/run.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -21,12 +22,6 @@ namespace {
 
 void write_json(const fs::path& p, const json& j) { write_file_atomic(p.string(), j.dump(2) + "\n"); }
 
-std::string test_transform_tag(const Recipe& r, int64_t n_px) {
-  std::string tag = "test" + std::to_string(n_px);
-  if (!r.data.corruption.empty()) tag += "-" + r.data.corruption + std::to_string(r.data.severity);
-  return tag;
-}
-
 // Where a run keeps what it made besides its context.
 struct Run {
   RunContext c;
@@ -47,14 +42,6 @@ EvalSetup eval_setup(Run& run, const Dataset& data) {
   s.out_dir = run.dir.string();
   if (c.method->contract().adapts()) s.views = tta_view_maker(c.view_options());
   return s;
-}
-
-LoaderOptions feature_loader(const RunContext& c) {
-  LoaderOptions o;
-  o.n_px = static_cast<int>(c.clip->image_resolution());
-  o.batch_size = c.recipe.eval.batch_size;
-  o.workers = c.recipe.data.workers;
-  return o;
 }
 
 json evaluate_splits(Run& run, const std::vector<std::string>& splits, std::ostream& log) {
@@ -135,15 +122,18 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   log << "run " << dir.string() << ": " << recipe.method << " on " << recipe.data.dataset << ", "
       << c.task.classnames.size() << " classes, " << c.task.train.size() << " train / " << c.task.val.size()
       << " val / " << c.task.test.size() << " test images\n";
-  auto fl = feature_loader(c);
-  const std::string tag = test_transform_tag(recipe, c.clip->image_resolution());
-  if (c.method->contract().fits)
-    c.method->fit(c.cache->features(c.clip, c.task, c.task.train, fl, tag),
-                  c.cache->features(c.clip, c.task, c.task.val, fl, tag));
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  if (c.method->contract().fits || !recipe.data.support.empty()) c.method->fit(fit_data(c));
+  run["fit_seconds"] = seconds_since(t0);  // features included (from the cache when they are there)
 
   TrainerSetup ts{c.method.get(), c.clip, &c.task, recipe, (dir / "checkpoint").string(), c.cache.get()};
   Trainer trainer(ts);
+  t0 = std::chrono::steady_clock::now();
   const double loss = trainer.train(resume);
+  run["train_seconds"] = seconds_since(t0);
   write_safetensors((dir / "method.safetensors").string(), c.method->state());
 
   summary.metrics = evaluate_splits(r, {"val", "test"}, log);
@@ -151,6 +141,8 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   run["status"] = "finished";
   run["final_loss"] = loss;
   run["epochs"] = c.method->contract().trains ? trainer.epochs() : 0;
+  run["selection"] = to_string(recipe.train.selection);
+  run["chosen"] = c.method->chosen();
   write_json(dir / "run.json", run);
   return summary;
 }

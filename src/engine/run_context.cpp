@@ -19,6 +19,7 @@ TaskContext RunContext::task_context(const Dataset& data) const {
   t.templates = data.templates;
   t.device = device();
   t.shots = recipe.data.shots;
+  t.seed = static_cast<uint64_t>(recipe.data.seed);
   return t;
 }
 

@@ -210,20 +210,9 @@ double Trainer::train(bool resume) {
   auto optimizer = make_optimizer(s_.recipe.train, params);
   int64_t start = resume ? load_checkpoint(*optimizer) : 0;
   if (s_.recipe.train.feature_views > 0) {
-    std::vector<torch::Tensor> feats, labels;
-    for (int64_t v = 0; v < s_.recipe.train.feature_views; ++v) {
-      auto o = loader_options(-1 - v);  // a stream of its own per view
-      o.shuffle = false;
-      o.drop_last = false;
-      o.batch_size = s_.recipe.eval.batch_size;
-      const std::string tag = "view" + std::to_string(v) + "-seed" + std::to_string(s_.recipe.data.seed) +
-                              "-scale" + std::to_string(o.augmentation.scale_min) + (o.augmentation.flip ? "-flip" : "");
-      auto fs = s_.cache ? s_.cache->features(s_.clip, *s_.dataset, s_.dataset->train, o, tag)
-                         : compute_features(s_.clip, *s_.dataset, s_.dataset->train, o);
-      feats.push_back(fs.features);
-      labels.push_back(fs.labels);
-    }
-    view_features_ = {torch::cat(feats), torch::cat(labels)};
+    auto o = loader_options(0);
+    o.batch_size = s_.recipe.eval.batch_size;
+    view_features_ = augmented_view_features(s_.clip, *s_.dataset, s_.dataset->train, o, s_.recipe.train.feature_views, s_.cache);
     if (on_views_cached) on_views_cached();
   }
   double loss = resumed_loss_;  // a finished run resumed again keeps the loss it recorded
@@ -231,8 +220,8 @@ double Trainer::train(bool resume) {
   for (int64_t epoch = start; epoch < epochs_; ++epoch) {
     set_lr(*optimizer, learning_rate(s_.recipe.train, epoch, epochs_));
     loss = s_.recipe.train.feature_views > 0 ? run_cached_epoch(epoch, *optimizer) : run_epoch(epoch, *optimizer);
+    s_.method->on_epoch_end(epoch, epochs_);  // before the checkpoint, which then holds what it changed
     save_checkpoint(epoch, *optimizer, loss);
-    s_.method->on_epoch_end(epoch, epochs_);
     if (on_epoch_end) on_epoch_end(epoch, loss);
     kill_point("epoch", epoch + 1);
   }

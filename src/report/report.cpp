@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::vector<std::string>& metric_names() {
-  static const std::vector<std::string> names = {"test_top1", "base_top1", "new_top1", "harmonic_mean"};
+  static const std::vector<std::string> names = {"test_top1", "base_top1", "new_top1", "harmonic_mean", "run_seconds"};
   return names;
 }
 
@@ -33,6 +33,7 @@ std::string metric_title(const std::string& metric) {
   if (metric == "base_top1") return "base-class top-1 accuracy (%)";
   if (metric == "new_top1") return "new-class top-1 accuracy (%)";
   if (metric == "harmonic_mean") return "harmonic mean of base and new (%)";
+  if (metric == "run_seconds") return "seconds per run: fitting and training, features included, evaluation not";
   return metric;
 }
 
@@ -153,6 +154,9 @@ std::optional<Run> read_run(const std::string& dir, std::string* skipped) {
   run.shots = static_cast<int>(shots);
   run.seed = need_int(r, "seed", run_path);
   read_metrics(run, (fs::path(dir) / "metrics.json").string());
+  if (r.contains("fit_seconds"))
+    run.values["run_seconds"] = need_number(r.at("fit_seconds"), "fit_seconds", run_path) +
+                                need_number(r.value("train_seconds", json(0.0)), "train_seconds", run_path);
   if (run.stream) run.stream->adaptation = r.value("adaptation", std::string("none"));
   return run;
 }

@@ -166,6 +166,41 @@ nlohmann::json bench_tta(Clip clip, const BenchOptions& o) {
           {"encode_seconds", encode_seconds[encode_seconds.size() / 2]}, {"prediction", predicted}};
 }
 
+// A training-free method's fit() on random features of n_cls classes x shots images (its
+// support views each), with a validation split of min(shots, 4) per class (what the
+// searches run on) and, for ZPE-style methods, 10 unlabelled test images per class.
+// Methods that also train report one step of the shared loop on a batch of 256.
+nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
+  Recipe recipe;
+  recipe.method = o.method;
+  recipe.data.dataset = "bench";
+  RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
+  const Contract contract = c.method->contract();
+  if (!contract.fits) throw Error("bench fit: method " + o.method + " fits nothing (contract().fits is false)");
+  const int64_t e = clip->embed_dim(), views = std::max(1, contract.support_views);
+  auto labelled = [&](int64_t per_class, int64_t repeats) -> FeatureSet {
+    auto labels = torch::arange(o.n_cls).repeat_interleave(per_class).repeat({repeats});
+    return {torch::randn({labels.size(0), e}), labels};
+  };
+  FitData data{contract.support_views < 0 ? labelled(0, 1) : labelled(o.shots, views), views,
+               labelled(std::min(o.shots, 4), 1)};
+  if (contract.unlabelled_test) data.unlabelled = torch::randn({10 * o.n_cls, e});
+  const double fit_seconds = timed([&] { c.method->fit(data); }, o.reps);
+  nlohmann::json out = {{"method", o.method}, {"shots", o.shots}, {"support_rows", data.support.features.size(0)},
+                        {"val_rows", data.val.features.size(0)}, {"fit_seconds", fit_seconds}};
+  for (const auto& [key, value] : c.method->chosen()) out["chosen"][key] = value;
+  if (contract.trains) {
+    TrainerSetup ts{c.method.get(), clip, &c.task, recipe, "", nullptr};
+    Trainer trainer(ts);
+    auto optimizer = make_optimizer(recipe.train, c.method->trainable_parameters());
+    auto batch = labelled(1, 1);
+    auto index = torch::randint(batch.labels.size(0), {256}, torch::kLong);
+    Batch b{{}, batch.features.index_select(0, index), batch.labels.index_select(0, index)};
+    out["train_step_seconds"] = timed([&] { trainer.train_step(b, *optimizer); }, o.reps);
+  }
+  return out;
+}
+
 // One CoOp epoch through the real loop, online and from cached views. Times come from the
 // trainer's hooks: the second epoch of each run is timed, and the cache build on its own.
 nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
@@ -217,11 +252,11 @@ double peak_rss_mb() {
 }
 
 nlohmann::json run_bench(const BenchOptions& o) {
-  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch" && o.task != "tta")
-    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt, epoch or tta");
+  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch" && o.task != "tta" && o.task != "fit")
+    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt, epoch, tta or fit");
   if (o.n_cls < 1 || o.batch < 1 || o.threads < 1 || o.reps < 1 || o.shots < 1 || o.feature_views < 1 || o.views < 1)
     throw Error("bench: --n-cls, --batch, --threads, --reps, --shots, --feature-views and --views must be at least 1");
-  if (o.task == "tta") find_method(o.method);  // an unknown method: the error lists the known ones
+  if (o.task == "tta" || o.task == "fit") find_method(o.method);  // an unknown method: the error lists the known ones
   torch::set_num_threads(o.threads);
   torch::manual_seed(0);
   Clip clip = o.arch == "default" ? load_clip(resolve_checkpoint("default")) : random_clip(o.arch, 0);
@@ -229,6 +264,7 @@ nlohmann::json run_bench(const BenchOptions& o) {
                        : o.task == "coop" ? bench_coop(clip, o)
                        : o.task == "tpt"  ? bench_tpt(clip, o)
                        : o.task == "tta"  ? bench_tta(clip, o)
+                       : o.task == "fit"  ? bench_fit(clip, o)
                                           : bench_epoch(clip, o);
   out["task"] = o.task;
   out["arch"] = o.arch;

@@ -19,6 +19,10 @@
 //           does not adapt (zeroshot) scores every view, the cheapest use of the same
 //           views and the reference for the training-free online methods. Online
 //           methods run as one stream, so their memory fills over the timed images
+//   fit     seconds of a training-free method's fit() (--method) on random features of
+//           --n-cls classes x --shots images (x its support views), with its searches on
+//           a validation split of min(shots, 4) per class; for a method that also trains,
+//           one step of the shared loop on a batch of 256
 #pragma once
 #include <string>
 
@@ -37,7 +41,7 @@ struct BenchOptions {
   int reps = 3;
   int shots = 16;          // epoch: images per class
   int feature_views = 8;   // epoch: cached augmented views per image
-  std::string method = "tda";  // tta: the method
+  std::string method = "tda";  // tta, fit: the method
   int views = 64;          // tta: views per test image
 };
 

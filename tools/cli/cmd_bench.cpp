@@ -12,16 +12,16 @@ namespace {
 int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ostream&) {
   BenchOptions b;
   po::options_description o("bench options");
-  o.add_options()("task", po::value(&b.task)->required(), "encode, coop, tpt, epoch or tta")
+  o.add_options()("task", po::value(&b.task)->required(), "encode, coop, tpt, epoch, tta or fit")
       ("arch", po::value(&b.arch)->default_value(b.arch), "architecture by name (random weights), or default")
       ("n-cls", po::value(&b.n_cls)->default_value(b.n_cls), "classes (coop, tpt)")
       ("batch", po::value(&b.batch)->default_value(b.batch), "images per step (encode, coop)")
       ("threads", po::value(&b.threads)->default_value(b.threads), "intra-op threads")
       ("reps", po::value(&b.reps)->default_value(b.reps), "timed repetitions (median) after one warm-up")
-      ("shots", po::value(&b.shots)->default_value(b.shots), "images per class (epoch)")
+      ("shots", po::value(&b.shots)->default_value(b.shots), "images per class (epoch, fit)")
       ("feature-views", po::value(&b.feature_views)->default_value(b.feature_views),
        "cached augmented views per image (epoch)")
-      ("method", po::value(&b.method)->default_value(b.method), "method (tta)")
+      ("method", po::value(&b.method)->default_value(b.method), "method (tta, fit)")
       ("views", po::value(&b.views)->default_value(b.views), "views per test image (tta)");
   auto p = parse_args(args,
                       "vlmadapt bench TASK [--arch A] [--n-cls N] [--batch B] [--threads T] [--reps R]"

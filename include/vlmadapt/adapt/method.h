@@ -20,10 +20,12 @@
 //      nothing of the method's;
 //   3. load_state(saved) when the state comes from a file (eval --run, resume): always
 //      after setup, then on_state_loaded();
-//   4. fit(train, val) on frozen features when contract().fits;
+//   4. fit(data) on frozen features when contract().fits: the support set (the few-shot
+//      train split, data.support's images), the validation split when train.selection =
+//      val, the unlabelled test features when the contract asks for them (FitData);
 //   5. training when contract().trains: on_train_begin, then per step loss() -> backward
-//      -> after_backward() -> optimizer step, on_epoch_end() after each epoch's
-//      checkpoint, on_train_end();
+//      -> after_backward() -> optimizer step, on_epoch_end() after each epoch (before
+//      its checkpoint, so that what the hook changes is saved with it), on_train_end();
 //   6. evaluation: logits() per batch, or, when the method adapts, on_stream_begin(),
 //      adapt_and_predict() per test image in stream order, on_stream_end().
 #pragma once
@@ -54,6 +56,7 @@ struct TaskContext {
   std::vector<std::string> templates;
   torch::Device device = torch::kCPU;
   int shots = 0;  // the few-shot split's images per class; 0 = the whole train split (or none)
+  uint64_t seed = 1;  // the run's data.seed: a method's own random draws start from it
 };
 
 // What a method takes of each image: the frozen image tower's features (computed once,
@@ -81,7 +84,40 @@ struct Contract {
   bool fits = false;    // fit() on the few-shot train and val features (training-free)
   bool trains = false;  // the shared loop optimises trainable_parameters() on loss()
   Adaptation adaptation = Adaptation::None;
+  // fit(): the support set as this many augmented views of each image (train.scale_min,
+  // train.flip; Tip-Adapter's augment_epoch), 0 = the test view, -1 = no support set
+  // (ZPE weighs prompts on unlabelled images only).
+  int support_views = 0;
+  // fit(): also the test images' features, without labels (ZPE's test-mean correction:
+  // transductive, label-free).
+  bool unlabelled_test = false;
   bool adapts() const { return adaptation != Adaptation::None; }
+};
+
+// How a method may choose hyper-parameters and epochs (train.selection): on the
+// validation split only, or never (its paper's fixed values or a validation-free rule,
+// as its help says). No mode looks at the test split's labels.
+enum class Selection { Val, None };
+inline const std::vector<std::pair<Selection, std::string>>& enum_names(Selection) {
+  static const std::vector<std::pair<Selection, std::string>> n{{Selection::Val, "val"}, {Selection::None, "none"}};
+  return n;
+}
+
+// What fit() gets: frozen image features, not normalised.
+struct FitData {
+  // The support set: the few-shot train split, with data.support's images added or in
+  // its place. With contract().support_views = V > 0 its rows are V augmented views of
+  // each of the N images, view-major (row v*N + i); otherwise the test view (V = 1).
+  FeatureSet support;
+  int64_t views = 1;
+  FeatureSet val;            // the validation split; empty when selection = none
+  torch::Tensor unlabelled;  // [M,E] test features when contract().unlabelled_test
+  Selection selection = Selection::Val;
+
+  int64_t images() const { return views > 0 ? support.features.size(0) / views : 0; }
+  // [N,E] the mean of each image's views (Tip-Adapter's keys before normalising), [N] labels.
+  torch::Tensor view_mean() const { return support.features.view({views, images(), -1}).mean(0); }
+  torch::Tensor image_labels() const { return support.labels.narrow(0, 0, images()); }
 };
 
 // A batch as the shared code hands it to a method: `image_features` when the contract
@@ -102,8 +138,12 @@ class Method : public torch::nn::Module {
   // Logits [B,C] of a batch.
   virtual torch::Tensor logits(const Batch& batch) = 0;
 
-  // contract().fits: training-free fitting on the few-shot train and val features.
-  virtual void fit(const FeatureSet& train, const FeatureSet& val) {}
+  // contract().fits: training-free fitting on frozen features (FitData).
+  virtual void fit(const FitData& data) {}
+  // The same with the test view of `train` as the support set (tests, small callers).
+  void fit(const FeatureSet& train, const FeatureSet& val) { fit(FitData{train, 1, val}); }
+  // What fit() or training chose (a searched alpha, the kept epoch), recorded in run.json.
+  virtual std::map<std::string, double> chosen() const { return {}; }
   // contract().trains: the parameters the loop optimises (by default every registered
   // parameter with requires_grad) and the loss (cross-entropy of logits() by default).
   virtual std::vector<torch::Tensor> trainable_parameters();
@@ -132,6 +172,9 @@ class Method : public torch::nn::Module {
   // A buffer whose shape is set by the data (fit() sets it with set_data), e.g. a
   // linear probe's [C,E] weights or a cache of few-shot features.
   torch::Tensor register_data_buffer(const std::string& name, torch::Tensor tensor);
+  // A learned parameter whose shape is set by the data (Tip-Adapter-F's keys, CLAP's
+  // prototypes): set_data in fit(), before the loop builds its optimizer.
+  torch::Tensor register_data_parameter(const std::string& name, torch::Tensor tensor);
 
  private:
   std::set<std::string> data_buffers_;

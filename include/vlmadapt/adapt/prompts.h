@@ -23,6 +23,17 @@ torch::Tensor class_text_features(Clip& clip, const Tokenizer& tokenizer,
                                   const std::vector<std::string>& classnames,
                                   const std::vector<std::string>& templates, int64_t chunk = 256);
 
+// Text features [P,C,E] of every template p and class c, each L2-normalised when
+// `normalise` (ZPE's per-prompt classifiers), raw otherwise (CLAP's prototypes average
+// raw features).
+torch::Tensor template_text_features(Clip& clip, const Tokenizer& tokenizer, const std::vector<std::string>& classnames,
+                                     const std::vector<std::string>& templates, bool normalise, int64_t chunk = 256);
+
+// The templates a method's `templates` option names: explicit ones, "ensemble" (all of
+// the dataset's), or, when empty, the dataset's first ("a photo of a {}." without one).
+struct TaskContext;
+std::vector<std::string> resolve_templates(const std::vector<std::string>& asked, const TaskContext& task);
+
 // exp(logit_scale) * normalise(image) @ classifier^T, with the classifier already normalised.
 torch::Tensor cosine_logits(Clip& clip, const torch::Tensor& image_features, const torch::Tensor& classifier);
 

@@ -69,6 +69,8 @@ class OptionSet {
   // A '|'-separated list in recipes ("a photo of a {}.|art of the {}."): '|' rather than ','
   // so that prompt templates may contain commas. Items are trimmed; empty items are dropped.
   OptionSet& add(const std::string& name, std::vector<std::string>& field, const std::string& help);
+  // '|'-separated numbers (a search grid); at least one.
+  OptionSet& add(const std::string& name, std::vector<double>& field, const std::string& help);
 
   const std::string& section() const { return section_; }
   const std::vector<Entry>& entries() const { return entries_; }

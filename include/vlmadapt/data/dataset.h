@@ -44,6 +44,8 @@ struct DataOptions {
   int severity = 3;
   int test_limit = 0;           // >0: a fixed, seeded subset of the test split
   int workers = 2;              // decoding/augmentation threads
+  std::string support;          // a folder of extra labelled images for the support set of training-free methods
+  std::string support_mode = "add";  // add | replace: with the few-shot train images, or instead of them
   void bind(OptionSet& set);
 };
 
@@ -67,6 +69,15 @@ Dataset subsample_classes(const Dataset& full, const std::string& which);
 // corruption (see with_corruption) and no split file (see save_split/load_split).
 Dataset prepare_dataset(const DataOptions& options);
 
+// data.support: extra labelled images in <folder>/<class>/<images> (all in `train`), for
+// the support set of training-free methods (CapS-Adapter's retrieved or generated
+// images). A class folder's name matches a class name with '_' read as ' ', ignoring
+// case; any other folder is an error naming it.
+Dataset open_support_folder(const std::string& folder, const std::vector<std::string>& classnames);
+// Every image under `folder` (recursively, sorted), unlabelled, in `test` (ZPE's
+// pretraining-distribution images). `key` names the option in errors.
+Dataset open_image_folder(const std::string& folder, const std::string& key);
+
 // The drawn split as JSON (refs and labels of train/val/test, class names), and back.
 void save_split(const Dataset& dataset, const std::string& path);
 Dataset load_split(const Dataset& full, const std::string& path);
@@ -78,5 +89,8 @@ struct ClassPrompts {
   std::vector<std::string> templates;
 };
 ClassPrompts builtin_prompts(const std::string& name);
+// ZPE's prompt pool: the union of every built-in dataset's templates (ImageNet's first),
+// each once, in first-seen order.
+std::vector<std::string> builtin_template_pool();
 
 }  // namespace vlmadapt

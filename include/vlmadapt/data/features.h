@@ -31,6 +31,14 @@ class FeatureCache {
   std::string dir_, checkpoint_id_;
 };
 
+// Frozen features of `views` augmented views of each item, view-major ([V*N,E], row
+// v*N + i). View v is drawn as the loader's epoch -1-v (a random stream of its own, apart
+// from the training epochs'); `augment` gives the seed, crop scale and flip. With a cache,
+// each view is stored under a tag naming the view, seed and augmentation, so the loop's
+// cached views (train.feature_views) and a method's support views share them.
+FeatureSet augmented_view_features(Clip& clip, const Dataset& dataset, const std::vector<Item>& items,
+                                   LoaderOptions augment, int views, FeatureCache* cache);
+
 // A short stable id of a checkpoint file: its canonical path, size and modification time.
 std::string checkpoint_id(const std::string& path);
 

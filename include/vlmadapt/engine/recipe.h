@@ -70,6 +70,7 @@ struct TrainOptions {
   bool flip = true;
   int feature_views = 0;               // >0: opt-in cache of frozen features over this many
                                        // augmented views per image (changes augmentation semantics)
+  Selection selection = Selection::Val;  // what searches may use: the validation split, or nothing
   void bind(OptionSet& set);
   int epochs_for(int shots, const std::string& dataset) const;
 };

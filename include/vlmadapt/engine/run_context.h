@@ -31,7 +31,18 @@ struct RunContext {
   void set_classes(const Dataset& data);
   // The views of each test image: eval.views for methods that adapt, else the test view.
   TtaViewOptions view_options() const;
+  // How frozen features of the test view are computed (eval batch size and workers).
+  LoaderOptions test_loader() const;
 };
+
+// The feature-cache tag of the test view: resolution and corruption.
+std::string test_transform_tag(const Recipe& recipe, int64_t n_px);
+
+// What the method's fit() gets (FitData): the support set (few-shot train and
+// data.support, as the method's support views), the validation split when
+// train.selection = val, the unlabelled test features when the contract asks for them.
+// Needs the context's feature cache.
+FitData fit_data(RunContext& c);
 
 // The backbone of recipe.model on its device.
 Clip load_model(const ModelOptions& model, std::string* resolved = nullptr);
