@@ -69,6 +69,31 @@ TEST(Fewshot, TipSearchTakesTheFirstStrictMaximumBetaOuterAlphaInner) {
   EXPECT_NEAR(grid[199], 0.1 + 199 * 6.9 / 200, 1e-12);  // 7 itself is not in the grid
 }
 
+// The search groups keys by class and scores each row on its candidate classes only; it
+// must choose exactly what the plain double loop over the whole rows chooses.
+TEST(Fewshot, TipSearchEqualsTheBruteForceLoopWithUnequalClassesAndManyClasses) {
+  torch::manual_seed(3);
+  const int64_t classes = 60, keys = 200, rows = 150;
+  auto values = torch::randint(classes, {keys}, torch::kLong);  // unequal counts, some classes empty
+  auto affinity = torch::rand({rows, keys}) * 2 - 1;
+  auto zero_shot = torch::randn({rows, classes}) * 3;
+  auto labels = torch::randint(classes, {rows}, torch::kLong);
+  const auto alphas = fewshot::tip_grid(0.1, 5, 20), betas = fewshot::tip_grid(0.1, 7, 30);
+  fewshot::TipChoice brute;
+  for (double beta : betas) {
+    auto cache = fewshot::tip_cache_logits(affinity, values, classes, beta);
+    for (double alpha : alphas) {
+      const double acc = fewshot::accuracy(zero_shot + alpha * cache, labels);
+      if (acc > brute.accuracy) brute = {alpha, beta, acc};
+    }
+  }
+  auto fast = fewshot::tip_search(zero_shot, affinity, values, labels, alphas, betas);
+  EXPECT_EQ(fast.alpha, brute.alpha);
+  EXPECT_EQ(fast.beta, brute.beta);
+  EXPECT_NEAR(fast.accuracy, brute.accuracy, 1e-12);
+  EXPECT_GT(brute.accuracy, fewshot::accuracy(zero_shot, labels));  // the cache matters here
+}
+
 TEST(Fewshot, GdaClassMeansSharedCovarianceAndShrinkageByHand) {
   // Class 0 at (1,0), (3,0); class 1 at (0,1), (0,3): means (2,0), (0,2); the class-centred
   // rows (+-1, 0), (0, +-1) give S = diag(2, 2) / 3 (unbiased, N = 4).

@@ -1,5 +1,6 @@
 #include <vlmadapt/adapt/fewshot.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <vlmadapt/adapt/prompts.h>
@@ -28,18 +29,76 @@ torch::Tensor tip_cache_logits(const torch::Tensor& affinity, const torch::Tenso
   return torch::zeros({affinity.size(0), classes}, kernel.options()).index_add_(1, values.to(kernel.device()), kernel);
 }
 
+namespace {
+
+// The affinity's columns grouped by class, padded to the largest class: [N, C*K] with
+// padding columns of -1e30 (a kernel of exactly 0 for beta > 0), so that the per-class
+// sum of the kernel is a contiguous reduction instead of a scatter over 10^4 columns.
+torch::Tensor grouped_affinity(const torch::Tensor& affinity, const torch::Tensor& values, int64_t classes, int64_t* per_class) {
+  auto v = values.to(torch::kCPU);
+  auto counts = torch::bincount(v, {}, classes);
+  const int64_t k = std::max<int64_t>(1, counts.max().item<int64_t>());
+  *per_class = k;
+  const int64_t pad = affinity.size(1);  // the index of the padding column
+  std::vector<int64_t> index(classes * k, pad), next(classes, 0);
+  auto va = v.accessor<int64_t, 1>();
+  for (int64_t j = 0; j < v.size(0); ++j) index[va[j] * k + next[va[j]]++] = j;
+  auto padded = torch::cat({affinity, torch::full({affinity.size(0), 1}, -1e30, affinity.options())}, 1);
+  return padded.index_select(1, torch::tensor(index, torch::kLong).to(affinity.device()));
+}
+
+// How many rows of `zero_shot + alpha * cache` have the label as their argmax, for each
+// alpha, without scoring every alpha: row i is right exactly when, for every other class
+// c, alpha (cache_y - cache_c) > zero_shot_c - zero_shot_y, i.e. when alpha lies in an
+// interval (lo, hi) computed once per row (c with d = cache_y - cache_c > 0 bounds it from
+// below by e / d, d < 0 from above; d = 0 needs e < 0, or e = 0 and y before c, the
+// argmax's tie rule). Boundaries hit exactly by a grid value are ties of measure zero.
+void count_right_over_alpha(const torch::Tensor& zero_shot, const torch::Tensor& cache, const torch::Tensor& labels,
+                            const torch::Tensor& alphas, torch::Tensor counts_row) {
+  auto y = labels.unsqueeze(1);
+  auto d = cache.gather(1, y) - cache;
+  auto e = zero_shot - zero_shot.gather(1, y);
+  auto cls = torch::arange(zero_shot.size(1), labels.options()).unsqueeze(0);
+  auto ratio = e / d;
+  auto lo = std::get<0>(ratio.masked_fill(d <= 0, -INFINITY).max(1));
+  auto hi = std::get<0>(ratio.masked_fill(d >= 0, INFINITY).min(1));
+  auto blocked = (d == 0) & ((e > 0) | ((e == 0) & (cls < y))) & (cls != y);
+  auto feasible = blocked.any(1).logical_not();
+  auto right = (lo.unsqueeze(1) < alphas.unsqueeze(0)) & (alphas.unsqueeze(0) < hi.unsqueeze(1)) & feasible.unsqueeze(1);
+  counts_row.add_(right.sum(0));
+}
+
+}  // namespace
+
 TipChoice tip_search(const torch::Tensor& zero_shot, const torch::Tensor& affinity, const torch::Tensor& values,
                      const torch::Tensor& labels, const std::vector<double>& alphas, const std::vector<double>& betas) {
   torch::NoGradGuard no_grad;
   TipChoice best;
+  if (alphas.empty() || betas.empty() || zero_shot.size(0) == 0) return best;
+  for (double beta : betas)
+    if (!(beta > 0)) throw Error("tip_adapter: the beta grid must be positive, got " + std::to_string(beta));
   const auto target = labels.to(zero_shot.device());
-  for (double beta : betas) {
-    auto cache = tip_cache_logits(affinity, values, zero_shot.size(1), beta);
-    for (double alpha : alphas) {
-      const double acc = torch::add(zero_shot, cache, alpha).argmax(-1).eq(target).to(torch::kDouble).mean().item<double>();
-      if (acc > best.accuracy) best = {alpha, beta, acc};
+  const int64_t classes = zero_shot.size(1), rows = zero_shot.size(0);
+  int64_t per_class = 1;
+  auto shifted = grouped_affinity(affinity, values, classes, &per_class) - 1;  // A - 1, grouped
+  auto grid = torch::tensor(alphas, zero_shot.options().dtype(torch::kDouble)).to(zero_shot.dtype());
+  auto counts = torch::zeros({static_cast<int64_t>(betas.size()), static_cast<int64_t>(alphas.size())}, torch::kLong);
+  // Blocks of rows small enough that a block's kernel stays in cache across the betas.
+  const int64_t block = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, shifted.size(1)));
+  for (int64_t start = 0; start < rows; start += block) {
+    const int64_t n = std::min(block, rows - start);
+    auto a = shifted.narrow(0, start, n), zs = zero_shot.narrow(0, start, n), y = target.narrow(0, start, n);
+    auto kernel = torch::empty_like(a);
+    for (size_t b = 0; b < betas.size(); ++b) {
+      at::mul_out(kernel, a, betas[b]).exp_();
+      count_right_over_alpha(zs, kernel.view({n, classes, per_class}).sum(-1), y, grid, counts[b]);
     }
   }
+  auto acc = counts.to(torch::kDouble) / static_cast<double>(rows);
+  auto table = acc.accessor<double, 2>();
+  for (size_t b = 0; b < betas.size(); ++b)
+    for (size_t j = 0; j < alphas.size(); ++j)
+      if (table[b][j] > best.accuracy) best = {alphas[j], betas[b], table[b][j]};
   return best;
 }
 
