@@ -112,6 +112,28 @@ TEST(Report, BaseNewAndHarmonicMean) {
   EXPECT_EQ(count(rp::markdown(cells), "| method |"), 4u);
 }
 
+// Seconds per run: fitting plus training from run.json, two decimals (fits take hundredths).
+TEST(Report, SecondsPerRunAreFitPlusTrain) {
+  const fs::path root = vt::temp_dir("report_seconds") / "runs";
+  const auto dir1 = make_run(root, "pets", "gda", 4, 1, test_top1(70));
+  const auto dir2 = make_run(root, "pets", "gda", 4, 2, test_top1(72));
+  auto timed = [](const fs::path& dir, double fit, double train) {
+    auto run = json::parse(vlmadapt::read_file((dir / "run.json").string()));
+    run["fit_seconds"] = fit;
+    run["train_seconds"] = train;
+    run["feature_seconds"] = 100.0;  // shared cached features: not the method's cost
+    vlmadapt::write_file_atomic((dir / "run.json").string(), run.dump());
+  };
+  timed(dir1, 0.01, 0.0);
+  timed(dir2, 0.02, 0.0);
+  make_run(root, "pets", "zeroshot", 0, 1, test_top1(55));  // no timing recorded: no cell
+  const auto cells = rp::aggregate(rp::collect_runs({root.string()}).runs);
+  const std::string md = rp::markdown(cells);
+  EXPECT_NE(md.find("| gda | 0.01 ± 0.01 (n=2) |"), std::string::npos) << md;
+  EXPECT_NE(rp::csv(cells).find("pets,gda,4,run_seconds,0.0150,"), std::string::npos);
+  EXPECT_EQ(count(md, "| method |"), 2u);
+}
+
 TEST(Report, CorruptOrMissingFilesAreNamed) {
   const fs::path root = vt::temp_dir("report_corrupt") / "runs";
   const fs::path dir = make_run(root, "pets", "coop", 1, 1, test_top1(50));
