@@ -16,7 +16,7 @@ struct LinearProbeOptions {
   double c_min_log10 = -3, c_max_log10 = 3;
   int max_iter = 300;
   void bind(OptionSet& s) {
-    s.add("c", c, "inverse regularisation strength; 0 = search it on the validation split").at_least(0);
+    s.add("c", c, "inverse regularisation strength; 0 = search it on the validation split (an error with train.selection = none)").at_least(0);
     s.add("c_min_log10", c_min_log10, "lower end of the search grid (log10 C)");
     s.add("c_max_log10", c_max_log10, "upper end of the search grid (log10 C)");
     s.add("max_iter", max_iter, "L-BFGS iterations per fit").at_least(1);

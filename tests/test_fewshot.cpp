@@ -325,8 +325,19 @@ TEST(Zpe, WeighsPromptsOnUnlabelledImagesOnly) {
   auto text = vlmadapt::template_text_features(tiny(), tok, kClasses, task().templates, true);
   auto test = features(4, 8).features;
   auto expected = tiny()->logit_scale().exp() * fewshot::normalized(test).mm(fewshot::weighted_classifier(text, w).t());
-  torch::NoGradGuard no_grad;
-  EXPECT_TRUE(torch::allclose(m->logits({{}, test, {}}), expected, 1e-5, 1e-5));
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::allclose(m->logits({{}, test, {}}), expected, 1e-5, 1e-5));
+  }
+  // The paper's full correction with a folder of "pretraining" images: other scores.
+  const auto folder = (vt::source_dir() / "tests" / "data" / "images").string();
+  auto both = make("zpe", {{"zpe.pretrain_images", folder}});
+  both->fit(data);
+  EXPECT_FALSE(torch::allclose(both->state().at("scores"), m->state().at("scores")));
+  auto missing = make("zpe", {{"zpe.debias", "both"}});
+  EXPECT_NE(vt::error_of([&] { missing->fit(data); }).find("zpe.pretrain_images"), std::string::npos);
+  auto nowhere = make("zpe", {{"zpe.pretrain_images", folder + "/no_such"}});
+  EXPECT_NE(vt::error_of([&] { nowhere->fit(data); }).find("no such folder"), std::string::npos);
 }
 
 TEST(TextClassifier, ZpeTemplatesNeedTheUnlabelledTestImages) {

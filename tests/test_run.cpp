@@ -270,6 +270,37 @@ TEST(Run, KilledAnywhereAndResumedReachesTheSameParameters) {
   fs::remove_all(dir);
 }
 
+// Tip-Adapter-F fits, then trains, keeping its best validation epoch in its state from
+// on_epoch_end (called before each checkpoint): killed between epochs and inside a
+// checkpoint, then resumed, it ends bit for bit where the uninterrupted run ends, and
+// `eval --run` reproduces its metrics from the saved state alone.
+TEST(Run, TipAdapterFKilledAndResumedKeepsItsBestEpoch) {
+  auto dir = vt::temp_dir("run_tipf");
+  const auto straight = recipe(dir, "tip_adapter_f", "optimizer = adamw\nlr = 0.01\n[tip_adapter_f]\naugment_epochs = 2\n");
+  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=straight"}), 0);
+  const auto run = run_dir(dir, "tip_adapter_f", "straight");
+  const auto expected = vlmadapt::read_safetensors((run / "method.safetensors").string());
+  const auto chosen = nlohmann::json::parse(vlmadapt::read_file((run / "run.json").string()))["chosen"];
+  const int best = static_cast<int>(chosen["epoch"].get<double>());
+  ASSERT_GE(best, 1) << chosen;
+  // Killed right after the best epoch (its hook must be in that epoch's checkpoint), and
+  // inside the next checkpoint.
+  for (const std::string at : {"epoch:" + std::to_string(best), "checkpoint:" + std::to_string(std::min(best + 1, 4))}) {
+    const std::string name = "killed_" + at.substr(0, at.find(':'));
+    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + straight +
+                            " --set name=" + name + " > /dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
+    ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=" + name, "--resume"}), 0) << at;
+    const auto resumed = vlmadapt::read_safetensors((run_dir(dir, "tip_adapter_f", name) / "method.safetensors").string());
+    for (const auto& [key, t] : expected) EXPECT_TRUE(torch::equal(t, resumed.at(key))) << at << ": " << key;
+  }
+  std::ostringstream o, e;
+  ASSERT_EQ(vlmadapt::cli::run({"eval", "--run", run.string()}, o, e), 0) << e.str();
+  EXPECT_NEAR(nlohmann::json::parse(o.str())["test"]["top1"].get<double>(), metrics_of(run)["test"]["top1"].get<double>(), 1e-9);
+  fs::remove_all(dir);
+}
+
 TEST(Run, RecipeErrorsNameTheKey) {
   auto dir = vt::temp_dir("run_errors");
   std::string out;

@@ -137,7 +137,8 @@ void DataOptions::bind(OptionSet& set) {
       .add("workers", workers, "image decoding/augmentation threads").range(1, 256)
       .add("support", support,
            "folder <class>/<images> of extra labelled images for the support set (cache) of training-free "
-           "methods, e.g. retrieved or generated ones as CapS-Adapter; \"\" = none")
+           "methods, e.g. retrieved or generated ones as CapS-Adapter; folder names match class names ('_' as ' ', "
+           "any case), another name is an error; \"\" = none")
       .add("support_mode", support_mode, "add: the support folder's images join the few-shot train images; replace: they are the support set",
            {"add", "replace"});
 }
