@@ -38,45 +38,24 @@ struct GdaOptions {
   }
 };
 
-class Gda : public Method {
+class Gda : public fewshot::TextAdapter {
  public:
-  explicit Gda(const GdaOptions& options) : options_(options), text_(options.templates) {
-    if (options_.alpha_grid.empty()) throw Error("gda.alpha_grid: expected at least one value");
+  explicit Gda(const GdaOptions& options) : TextAdapter(options.templates, options.augment_epochs), options_(options) {
     weight_ = register_data_buffer("weight", torch::zeros({0}));
     bias_ = register_data_buffer("bias", torch::zeros({0}));
-    prompt_weights_ = register_data_buffer("prompt_weights", torch::zeros({0}));
     alpha_ = register_buffer("alpha", torch::full({}, options.alpha, torch::kDouble));
-  }
-
-  Contract contract() const override {
-    Contract c{Input::Features, /*fits=*/true};
-    c.support_views = options_.augment_epochs;
-    c.unlabelled_test = text_.uses_zpe();
-    return c;
-  }
-  void setup(const TaskContext& task) override {
-    clip_ = task.clip;
-    text_.setup(task);
-    classnames_ = task.classnames;
-    if (!text_.uses_zpe() || prompt_weights_.numel() > 0) classifier_ = text_.weights(prompt_weights_);
-  }
-  void on_state_loaded() override {
-    classifier_ = text_.weights(prompt_weights_);
-    fitted_classnames_ = classnames_;
   }
 
   using Method::fit;
   void fit(const FitData& data) override {
     torch::NoGradGuard no_grad;
     if (data.images() == 0) throw Error("gda: the support set is empty");
+    fit_text(data);
     const auto device = clip_->logit_scale().device();
-    prompt_weights_.set_data(text_.uses_zpe() ? text_.zpe_prompt_weights(data.unlabelled) : torch::zeros({0}));
-    classifier_ = text_.weights(prompt_weights_);
     auto bank = fewshot::normalized(data.support.features);
-    auto g = fewshot::gda_fit(bank, data.support.labels, static_cast<int64_t>(classnames_.size()), options_.shrinkage);
+    auto g = fewshot::gda_fit(bank, data.support.labels, classifier_.size(0), options_.shrinkage);
     weight_.set_data(g.weight.to(device));
     bias_.set_data(g.bias.to(device));
-    fitted_classnames_ = classnames_;
     alpha_.fill_(options_.alpha);
     if (data.selection == Selection::Val) {
       if (data.val.features.size(0) == 0) throw Error("gda: alpha is searched on the validation split, which is empty");
@@ -87,22 +66,17 @@ class Gda : public Method {
 
   torch::Tensor logits(const Batch& batch) override {
     auto f = fewshot::normalized(batch.image_features);
-    if (weight_.numel() == 0 || classnames_ != fitted_classnames_) return zero_shot(f);  // no support for these classes
+    if (weight_.numel() == 0 || !fitted_for_task()) return zero_shot(f);  // no support for these classes
     return zero_shot(f) + alpha_.item<double>() * gda_logits(f);
   }
 
   std::map<std::string, double> chosen() const override { return {{"alpha", alpha_.item<double>()}}; }
 
  private:
-  torch::Tensor zero_shot(const torch::Tensor& f) const { return clip_->logit_scale().exp() * f.mm(classifier_.t()); }
   torch::Tensor gda_logits(const torch::Tensor& f) const { return torch::addmm(bias_, f, weight_.t()); }
 
   GdaOptions options_;
-  fewshot::TextClassifier text_;
-  Clip clip_{nullptr};
-  std::vector<std::string> classnames_, fitted_classnames_;
-  torch::Tensor classifier_;
-  torch::Tensor weight_, bias_, prompt_weights_, alpha_;
+  torch::Tensor weight_, bias_, alpha_;
 };
 
 VLMADAPT_REGISTER_METHOD(Gda, GdaOptions, "gda",

@@ -44,54 +44,31 @@ struct LpPpOptions {
   }
 };
 
-class LpPp : public Method {
+class LpPp : public fewshot::TextAdapter {
  public:
-  explicit LpPp(const LpPpOptions& options) : options_(options), text_(options.templates) {
+  explicit LpPp(const LpPpOptions& options) : TextAdapter(options.templates, options.augment_epochs), options_(options) {
     weight_ = register_data_buffer("weight", torch::zeros({0}));
     bias_ = register_data_buffer("bias", torch::zeros({0}));
     alpha_ = register_data_buffer("alpha", torch::zeros({0}));
-    prompt_weights_ = register_data_buffer("prompt_weights", torch::zeros({0}));
     iteration_ = register_buffer("iteration", torch::zeros({}, torch::kLong));
-  }
-
-  Contract contract() const override {
-    Contract c{Input::Features, /*fits=*/true};
-    c.support_views = options_.augment_epochs;
-    c.unlabelled_test = text_.uses_zpe();
-    return c;
-  }
-  void setup(const TaskContext& task) override {
-    text_.setup(task);
-    clip_ = task.clip;
-    classnames_ = task.classnames;
-    seed_ = task.seed;
-    classes_ = static_cast<int64_t>(task.classnames.size());
-    if (!text_.uses_zpe() || prompt_weights_.numel() > 0) text_weights_ = text_.weights(prompt_weights_);
-  }
-  void on_state_loaded() override {
-    text_weights_ = text_.weights(prompt_weights_);
-    fitted_classnames_ = classnames_;
   }
 
   using Method::fit;
   void fit(const FitData& data) override {
     if (data.images() == 0) throw Error("lp_pp: the support set is empty");
-    prompt_weights_.set_data(text_.uses_zpe() ? text_.zpe_prompt_weights(data.unlabelled) : torch::zeros({0}));
-    text_weights_ = text_.weights(prompt_weights_);
-    const auto device = text_weights_.device();
+    fit_text(data);
+    const auto device = classifier_.device();
     auto f = fewshot::normalized(data.support.features).to(device);
     auto y = data.support.labels.to(device);
     const bool select = data.selection == Selection::Val && data.val.features.size(0) > 0;
     auto val_f = select ? fewshot::normalized(data.val.features).to(device) : torch::Tensor();
     train(f, y, val_f, select ? data.val.labels.to(device) : torch::Tensor());
-    fitted_classnames_ = classnames_;
   }
 
   torch::Tensor logits(const Batch& batch) override {
     if (weight_.numel() == 0) throw Error("lp_pp: not fitted (no support features were given)");
     auto f = fewshot::normalized(batch.image_features);
-    // Classes it was not fitted for (base-to-new's new half): the zero-shot classifier.
-    if (classnames_ != fitted_classnames_) return clip_->logit_scale().exp() * f.mm(text_weights_.t());
+    if (!fitted_for_task()) return zero_shot(f);  // classes it was not fitted for (base-to-new's new half)
     return forward(f, weight_, bias_, alpha_);
   }
 
@@ -99,20 +76,20 @@ class LpPp : public Method {
 
  private:
   torch::Tensor forward(const torch::Tensor& f, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& alpha) const {
-    return torch::addmm(b, f, w.t()) + alpha * f.mm(text_weights_.t());
+    return torch::addmm(b, f, w.t()) + alpha * f.mm(classifier_.t());
   }
 
   void train(const torch::Tensor& f, const torch::Tensor& y, const torch::Tensor& val_f, const torch::Tensor& val_y) {
-    const int64_t n = f.size(0), d = f.size(1);
-    auto text_cos = f.mm(text_weights_.t());  // [N,C]
+    const int64_t n = f.size(0), d = f.size(1), classes = classifier_.size(0);
+    auto text_cos = f.mm(classifier_.t());  // [N,C]
     // Initialisation (§6.2): class sums, PyTorch's Linear bias draw, alpha from the zero-shot cosine.
-    auto w = torch::zeros({classes_, d}, f.options()).index_add_(0, y, f);
+    auto w = torch::zeros({classes, d}, f.options()).index_add_(0, y, f);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed_);
-    auto b = (torch::rand({classes_}, gen, torch::kFloat) * 2 - 1).div(std::sqrt(static_cast<double>(d))).to(f.device());
+    auto b = (torch::rand({classes}, gen, torch::kFloat) * 2 - 1).div(std::sqrt(static_cast<double>(d))).to(f.device());
     auto own = text_cos.gather(1, y.unsqueeze(1)).squeeze(1);
-    auto per_class = torch::zeros({classes_}, f.options()).index_add_(0, y, own) /
-                     torch::bincount(y, {}, classes_).clamp_min(1).to(f.dtype());
-    auto alpha = torch::full({classes_}, options_.alpha_init_scale * per_class.mean().item<double>(), f.options());
+    auto per_class = torch::zeros({classes}, f.options()).index_add_(0, y, own) /
+                     torch::bincount(y, {}, classes).clamp_min(1).to(f.dtype());
+    auto alpha = torch::full({classes}, options_.alpha_init_scale * per_class.mean().item<double>(), f.options());
     // Step sizes from the data (§6.3).
     const double lr_w = 4.0 * n / torch::linalg_eigvalsh(f.t().mm(f).to(torch::kDouble)).max().item<double>();
     const double lr_alpha = n / (4.0 * text_cos.pow(2).sum(0).max().item<double>());
@@ -144,13 +121,7 @@ class LpPp : public Method {
   }
 
   LpPpOptions options_;
-  fewshot::TextClassifier text_;
-  Clip clip_{nullptr};
-  std::vector<std::string> classnames_, fitted_classnames_;
-  uint64_t seed_ = 1;
-  int64_t classes_ = 0;
-  torch::Tensor text_weights_;  // [C,E] normalised, derived from the task
-  torch::Tensor weight_, bias_, alpha_, prompt_weights_, iteration_;
+  torch::Tensor weight_, bias_, alpha_, iteration_;
 };
 
 VLMADAPT_REGISTER_METHOD(LpPp, LpPpOptions, "lp_pp",

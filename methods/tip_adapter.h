@@ -49,31 +49,14 @@ struct TipAdapterOptions {
   }
 };
 
-class TipAdapter : public Method {
+class TipAdapter : public fewshot::TextAdapter {
  public:
-  explicit TipAdapter(const TipAdapterOptions& options) : options_(options), text_(options.templates) {
+  explicit TipAdapter(const TipAdapterOptions& options)
+      : TextAdapter(options.templates, options.augment_epochs), options_(options) {
     keys_ = register_data_buffer("keys", torch::zeros({0}));
     values_ = register_data_buffer("values", torch::zeros({0}, torch::kLong));
-    prompt_weights_ = register_data_buffer("prompt_weights", torch::zeros({0}));
     alpha_ = register_buffer("alpha", torch::full({}, options.alpha, torch::kDouble));
     beta_ = register_buffer("beta", torch::full({}, options.beta, torch::kDouble));
-  }
-
-  Contract contract() const override {
-    Contract c{Input::Features, /*fits=*/true};
-    c.support_views = options_.augment_epochs;
-    c.unlabelled_test = text_.uses_zpe();
-    return c;
-  }
-  void setup(const TaskContext& task) override {
-    clip_ = task.clip;
-    text_.setup(task);
-    classnames_ = task.classnames;
-    if (!text_.uses_zpe() || prompt_weights_.numel() > 0) classifier_ = text_.weights(prompt_weights_);
-  }
-  void on_state_loaded() override {  // the state was fitted on the classes it is loaded for
-    classifier_ = text_.weights(prompt_weights_);
-    fitted_classnames_ = classnames_;
   }
 
   using Method::fit;
@@ -84,10 +67,10 @@ class TipAdapter : public Method {
 
   torch::Tensor logits(const Batch& batch) override {
     auto f = fewshot::normalized(batch.image_features);
-    auto zero_shot = clip_->logit_scale().exp() * f.mm(classifier_.t());
-    if (keys_.numel() == 0 || classnames_ != fitted_classnames_) return zero_shot;  // no cache for these classes
+    auto text = zero_shot(f);
+    if (keys_.numel() == 0 || !fitted_for_task()) return text;  // no cache for these classes
     auto affinity = f.mm(cache_keys().t());
-    return zero_shot + alpha_.item<double>() * fewshot::tip_cache_logits(affinity, values_, zero_shot.size(1), beta_.item<double>());
+    return text + alpha_.item<double>() * fewshot::tip_cache_logits(affinity, values_, text.size(1), beta_.item<double>());
   }
 
   std::map<std::string, double> chosen() const override {
@@ -103,12 +86,10 @@ class TipAdapter : public Method {
   void fit_cache(const FitData& data) {
     torch::NoGradGuard no_grad;
     if (data.images() == 0) throw Error(name() + ": the support set is empty");
+    fit_text(data);
     const auto device = clip_->logit_scale().device();
-    prompt_weights_.set_data(text_.uses_zpe() ? text_.zpe_prompt_weights(data.unlabelled) : torch::zeros({0}));
-    classifier_ = text_.weights(prompt_weights_);
     keys_.set_data(fewshot::normalized(data.view_mean()).to(device));
     values_.set_data(data.image_labels().to(device));
-    fitted_classnames_ = classnames_;
     alpha_.fill_(options_.alpha);
     beta_.fill_(options_.beta);
     val_ = data.val;
@@ -126,8 +107,7 @@ class TipAdapter : public Method {
     if (!val_.features.defined() || val_.features.size(0) == 0)
       throw Error(name() + ": alpha and beta are searched on the validation split, which is empty (set search = off)");
     auto f = fewshot::normalized(val_.features).to(keys.device());
-    auto zero_shot = clip_->logit_scale().exp() * f.mm(classifier_.t());
-    auto choice = fewshot::tip_search(zero_shot, f.mm(keys.t()), values_, val_.labels,
+    auto choice = fewshot::tip_search(zero_shot(f), f.mm(keys.t()), values_, val_.labels,
                                       fewshot::tip_grid(0.1, options_.search_scale_alpha, options_.search_steps_alpha),
                                       fewshot::tip_grid(0.1, options_.search_scale_beta, options_.search_steps_beta));
     alpha_.fill_(choice.alpha);
@@ -135,13 +115,9 @@ class TipAdapter : public Method {
   }
 
   TipAdapterOptions options_;
-  fewshot::TextClassifier text_;
-  Clip clip_{nullptr};
-  std::vector<std::string> classnames_, fitted_classnames_;
-  torch::Tensor classifier_;                       // [C,E], derived from the task
-  torch::Tensor keys_, values_, prompt_weights_;   // [N,E], [N], [P] (ZPE) -- fitted
+  torch::Tensor keys_, values_;  // [N,E], [N] -- fitted
   torch::Tensor alpha_, beta_;
-  FeatureSet val_;                                 // kept from fit() for the searches
+  FeatureSet val_;               // kept from fit() for the searches
 };
 
 VLMADAPT_REGISTER_METHOD(TipAdapter, TipAdapterOptions, "tip_adapter",

@@ -237,4 +237,38 @@ torch::Tensor TextClassifier::weights(const torch::Tensor& prompt_weights) const
   return weighted_classifier(per_prompt_, prompt_weights.to(per_prompt_.device()));
 }
 
+// ---- TextAdapter -------------------------------------------------------------
+
+TextAdapter::TextAdapter(std::vector<std::string> templates, int support_views)
+    : text_(std::move(templates)), support_views_(support_views) {
+  prompt_weights_ = register_data_buffer("prompt_weights", torch::zeros({0}));
+}
+
+Contract TextAdapter::contract() const {
+  Contract c{Input::Features, /*fits=*/true};
+  c.support_views = support_views_;
+  c.unlabelled_test = text_.uses_zpe();
+  return c;
+}
+
+void TextAdapter::setup(const TaskContext& task) {
+  clip_ = task.clip;
+  seed_ = task.seed;
+  text_.setup(task);
+  classnames_ = task.classnames;
+  if (!text_.uses_zpe() || prompt_weights_.numel() > 0) classifier_ = text_.weights(prompt_weights_);
+}
+
+void TextAdapter::on_state_loaded() {
+  classifier_ = text_.weights(prompt_weights_);
+  fitted_classnames_ = classnames_;
+}
+
+void TextAdapter::fit_text(const FitData& data) {
+  torch::NoGradGuard no_grad;
+  prompt_weights_.set_data(text_.uses_zpe() ? text_.zpe_prompt_weights(data.unlabelled) : torch::zeros({0}));
+  classifier_ = text_.weights(prompt_weights_);
+  fitted_classnames_ = classnames_;
+}
+
 }  // namespace vlmadapt::fewshot

@@ -107,4 +107,35 @@ class TextClassifier {
   torch::Tensor per_prompt_;  // [P,C,E] normalised, for ZPE
 };
 
+// The base of the adapters that start from the text classifier (Tip-Adapter, GDA, LP++):
+// the `templates` option's classifier for the task's classes, ZPE's prompt weights (a
+// data buffer, so that `eval --run` rebuilds the same classifier), and the class names
+// the adapter was fitted for: on other classes (base-to-new's new half) it holds nothing
+// and falls back to zero-shot.
+class TextAdapter : public Method {
+ public:
+  TextAdapter(std::vector<std::string> templates, int support_views);
+  Contract contract() const override;
+  void setup(const TaskContext& task) override;
+  void on_state_loaded() override;  // the state was fitted on the classes it is loaded for
+
+ protected:
+  // ZPE's weights from the unlabelled test features (when templates = zpe) and the
+  // classifier; the task's classes become the fitted ones.
+  void fit_text(const FitData& data);
+  bool fitted_for_task() const { return classnames_ == fitted_classnames_; }
+  // 100 f t^T for normalised features f.
+  torch::Tensor zero_shot(const torch::Tensor& f) const { return clip_->logit_scale().exp() * f.mm(classifier_.t()); }
+
+  Clip clip_{nullptr};
+  TextClassifier text_;
+  int support_views_ = 0;
+  uint64_t seed_ = 1;
+  torch::Tensor classifier_;      // [C,E] normalised (ZPE: the weighted sum), derived from the task
+  torch::Tensor prompt_weights_;  // [P] with templates = zpe, else empty; fitted
+
+ private:
+  std::vector<std::string> classnames_, fitted_classnames_;
+};
+
 }  // namespace vlmadapt::fewshot
