@@ -47,7 +47,7 @@ class TipAdapterF : public TipAdapter {
   void on_epoch_end(int64_t epoch, int64_t /*epochs*/) override {
     if (!val_.features.defined() || val_.features.size(0) == 0) return;
     torch::NoGradGuard no_grad;
-    const double acc = fewshot::accuracy(logits({{}, val_.features, {}}), val_.labels);
+    const double acc = fewshot::accuracy(logits({{}, val_.features.to(adapter_.device()), {}}), val_.labels);
     if (acc > best_accuracy_.item<double>()) {
       best_accuracy_.fill_(acc);
       best_epoch_.fill_(epoch + 1);
