@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs every dependency of vlmadapt from Debian packages. Idempotent: packages
-# already present are not fetched again.
+# Installs every dependency of vlmadapt from Debian packages (with --fuzz, also those of
+# scripts/fuzz.sh). Idempotent: packages already present are not fetched again.
 set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
@@ -10,6 +10,8 @@ PACKAGES=(
   dataset-fashion-mnist
   python3-torch python3-pil
 )
+# scripts/fuzz.sh: clang 14 with libFuzzer and the sanitizer runtimes, and LLVM's OpenMP.
+[ "${1:-}" = "--fuzz" ] && PACKAGES+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -139,6 +139,29 @@ TEST(HostilePickle, PickleLimits) {
   expect_error([&] { parse("\x80\x02h\x05."); }, {"memo entry 5"});
 }
 
+// Found by fuzzing (tests/fuzz/fuzz_torch_save, fuzz_torchscript): libtorch's zip reader
+// allocates the size a record's directory entry claims before reading it, and reads the
+// version record as it opens. Every entry is now checked first; the messages name the check,
+// as the archives were also refused before, but only after allocating 2 and 4 GiB.
+TEST(HostileArchive, DirectoryEntriesAreCheckedBeforeAnyRecordIsRead) {
+  expect_error([] { vlmadapt::read_torch_save_tensors(hostile("record_size_over_file.bin")); },
+               {"record_size_over_file.bin", "record 'archive/data/0' is stored, but its sizes differ (2147483648 and 24"});
+  expect_error([] { vlmadapt::read_checkpoint(hostile("version_size_over_file.bin")); },
+               {"version_size_over_file.bin", "record 'archive/version' is stored, but its sizes differ"});
+  // Records sharing bytes, and names miniz would confuse (it ignores case).
+  expect_error([] { vlmadapt::read_torch_save_tensors(hostile("overlapping_records.bin")); },
+               {"overlapping_records.bin", "records 'data/0' and 'data/1' overlap"});
+  expect_error([] { vlmadapt::read_torch_save_tensors(hostile("duplicate_record.bin")); },
+               {"duplicate_record.bin", "record 'archive/DATA/0' appears twice"});
+  // The same from bytes in memory, as the fuzz targets read them.
+  std::ifstream in(hostile("record_size_over_file.bin"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  expect_error([&] { vlmadapt::read_torch_save_tensors_bytes(bytes, "mem.bin"); }, {"mem.bin", "sizes differ"});
+  std::ifstream valid(hostile("valid_state_dict.bin"), std::ios::binary);
+  const std::string ok((std::istreambuf_iterator<char>(valid)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(vlmadapt::read_torch_save_tensors_bytes(ok, "mem.bin").size(), 2u);
+}
+
 // ---- safetensors: checked before allocation --------------------------------------------
 
 namespace {
@@ -230,6 +253,34 @@ TEST(HostileImage, DecompressionBombsAreRefusedBeforeDecoding) {
   // A JPEG's size is in its frame header, after other segments.
   const std::string jpeg("\xFF\xD8\xFF\xE0\x00\x04\x00\x00\xFF\xC0\x00\x0B\x08\x4E\x20\x4E\x20\x01\x01\x11\x00", 21);
   expect_error([&] { vlmadapt::decode_image_bytes(jpeg, "bomb.jpg"); }, {"bomb.jpg", "20000 x 20000"});
+}
+
+// Found by fuzzing (tests/fuzz/fuzz_image): OpenCV's PPM/PGM reader consumes the byte after
+// a number whatever it is and ends comments at '\r' too, so these headers declared a size
+// within the limits to the header check and decoded to 113 x 1 and 1 x 150 pixels.
+TEST(HostileImage, NetpbmHeadersAreReadAsTheDecoderReadsThem) {
+  const std::string hash_after_number = "P5\n113#1\n113\n" + std::string(200, '\x7f');
+  expect_error([&] { vlmadapt::decode_image_bytes(hash_after_number, "hash.pgm"); },
+               {"hash.pgm", "corrupt PPM/PGM header"});
+  const std::string comment_to_cr = "P5 1 #\r150\n1 255\n" + std::string(150, '\x01');
+  expect_error([&] { vlmadapt::decode_image_bytes(comment_to_cr, "cr.pgm"); },
+               {"cr.pgm", "1 x 150", "aspect ratio over the limit of 100:1"});
+  const std::string plain = "P5\n# a comment\n3 2\n255\n" + std::string(6, '\x40');
+  const auto image = vlmadapt::decode_image_bytes(plain, "ok.pgm");
+  EXPECT_EQ(image.pixels.cols, 3);
+  EXPECT_EQ(image.pixels.rows, 2);
+}
+
+// Found by fuzzing too: a TIFF declaring its width twice, 720,896 then 20 pixels. The header
+// check took the last, libtiff the first, and OpenCV decoded 720,896 x 17 pixels. In a JPEG,
+// FF 00 is no marker to libjpeg, which looks further, while the walk read a length there.
+TEST(HostileImage, TiffAndJpegHeadersAreReadAsTheDecoderReadsThem) {
+  expect_error([] { vlmadapt::decode_image(hostile("tiff_width_twice.tif")); },
+               {"tiff_width_twice.tif", "TIFF declares its image width twice"});
+  const std::string stuffed("\xFF\xD8\xFF\x00\x00\x04\xFF\xC0\x00\x0B\x08\x00\x10\x00\x10\x01\x01\x11\x00", 19);
+  expect_error([&] { vlmadapt::decode_image_bytes(stuffed, "stuffed.jpg"); }, {"stuffed.jpg", "FF 00"});
+  for (const char* name : {"rgba_20x17.tif", "rgb_33x21.jpg"})  // real files read as before
+    EXPECT_NO_THROW(vlmadapt::decode_image((vt::source_dir() / "tests/data/images" / name).string())) << name;
 }
 
 // ---- the CLI: a non-zero exit and a message, never a signal or a hang --------------------

@@ -53,10 +53,12 @@ std::string rename(const std::string& key) {
 
 }  // namespace
 
-HfConfig read_hf_config(const std::string& path) {
+HfConfig read_hf_config(const std::string& path) { return parse_hf_config(read_file(path), path); }
+
+HfConfig parse_hf_config(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(read_file(path));
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(path + ": not valid JSON: " + e.what());
   }

@@ -17,6 +17,8 @@ struct HfConfig {
 
 // Reads config.json; throws vlmadapt::Error naming the file and the key.
 HfConfig read_hf_config(const std::string& path);
+// The same from config.json's text; `path` names it in errors.
+HfConfig parse_hf_config(const std::string& text, const std::string& path);
 void apply_hf_config(const HfConfig& hf, ClipConfig& config);
 // Renames keys, concatenates q/k/v into in_proj, transposes the projections.
 TensorMap hf_to_openai(TensorMap hf, const std::string& where);

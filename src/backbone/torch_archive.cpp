@@ -1,13 +1,14 @@
 // PyTorch zip archives as data (see torch_archive.h).
 #include "torch_archive.h"
 
+#include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
+#include <cctype>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -20,10 +21,38 @@ namespace {
 
 using pickle::Value;
 using Kind = Value::Kind;
+using caffe2::serialize::ReadAdapterInterface;
+
+// An archive already in memory (read_*_bytes). A read past the end comes back short, as
+// from a file, so the checks below see a truncated archive rather than reading out of bounds.
+class BytesAdapter final : public ReadAdapterInterface {
+ public:
+  explicit BytesAdapter(std::string bytes) : bytes_(std::move(bytes)) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= bytes_.size()) return 0;
+    n = static_cast<size_t>(std::min<uint64_t>(n, bytes_.size() - pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  std::string bytes_;
+};
+
+std::shared_ptr<ReadAdapterInterface> open_file(const std::string& path) {
+  try {
+    return std::make_shared<caffe2::serialize::FileAdapter>(path);
+  } catch (const c10::Error&) {
+    throw Error(path + ": cannot open");
+  }
+}
 
 struct ZipEntry {
   uint32_t crc = 0;
-  uint64_t size = 0;
+  uint64_t size = 0;  // uncompressed
+  uint64_t compressed_size = 0;
+  uint64_t offset = 0;  // of the record's local header
   uint16_t method = 0;
 };
 
@@ -38,9 +67,8 @@ uint64_t le(const std::string& b, size_t at, size_t n) {
 // APPNOTE 4.3.12-4.3.16, with the zip64 end records torch writes for large archives).
 class CentralDirectory {
  public:
-  explicit CentralDirectory(const std::string& path) : path_(path), in_(path, std::ios::binary) {
-    if (!in_) throw Error(path + ": cannot open");
-    const uint64_t file_size = std::filesystem::file_size(path);
+  CentralDirectory(const ReadAdapterInterface& in, const std::string& path) : path_(path), in_(in) {
+    const uint64_t file_size = in_.size();
     const uint64_t tail_len = std::min<uint64_t>(file_size, 22 + 65535);
     const std::string tail = read_at(file_size - tail_len, tail_len);
     size_t eocd = std::string::npos;  // the last signature: a comment may hold an earlier one
@@ -51,43 +79,56 @@ class CentralDirectory {
       }
     if (eocd == std::string::npos) fail("no end of central directory (truncated?)");
     uint64_t count = le(tail, eocd + 10, 2), cd_size = le(tail, eocd + 12, 4), cd_offset = le(tail, eocd + 16, 4);
-    if (count == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
-      const uint64_t eocd_abs = file_size - tail_len + eocd;
-      if (eocd_abs < 20) fail("zip64 locator missing");
+    // The zip64 end record is used whenever its locator precedes the end record, as miniz
+    // (inside PyTorchStreamReader) decides, so that both read the same directory.
+    const uint64_t eocd_abs = file_size - tail_len + eocd;
+    if (eocd_abs >= 20 + 56) {
       const std::string locator = read_at(eocd_abs - 20, 20);
-      if (le(locator, 0, 4) != 0x07064b50) fail("zip64 locator missing");
-      const std::string eocd64 = read_at(le(locator, 8, 8), 56);
-      if (le(eocd64, 0, 4) != 0x06064b50) fail("zip64 end of central directory missing");
-      count = le(eocd64, 32, 8), cd_size = le(eocd64, 40, 8), cd_offset = le(eocd64, 48, 8);
+      if (le(locator, 0, 4) == 0x07064b50) {
+        const uint64_t at = le(locator, 8, 8);
+        if (at > file_size - 56) fail("zip64 end of central directory outside the file");
+        const std::string eocd64 = read_at(at, 56);
+        if (le(eocd64, 0, 4) == 0x06064b50)
+          count = le(eocd64, 32, 8), cd_size = le(eocd64, 40, 8), cd_offset = le(eocd64, 48, 8);
+      }
     }
+    if (count == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff)
+      fail("zip64 end of central directory missing");
     if (count > kMaxArchiveRecords)
       fail(std::to_string(count) + " records, over the limit of " + std::to_string(kMaxArchiveRecords));
     if (cd_offset > file_size || cd_size > file_size - cd_offset)
       fail("central directory lies outside the file");
     const std::string cd = read_at(cd_offset, cd_size);
     size_t p = 0;
+    std::string folder;  // of the first record, as PyTorchStreamReader takes it
+    std::set<std::string> lowercase_names;
     for (uint64_t n = 0; n < count; ++n) {
       if (p + 46 > cd.size() || le(cd, p, 4) != 0x02014b50) fail("corrupt central directory");
       const size_t name_len = le(cd, p + 28, 2), extra_len = le(cd, p + 30, 2), comment_len = le(cd, p + 32, 2);
       if (p + 46 + name_len + extra_len + comment_len > cd.size()) fail("corrupt central directory");
-      ZipEntry e;
-      e.method = static_cast<uint16_t>(le(cd, p + 10, 2));
-      e.crc = static_cast<uint32_t>(le(cd, p + 16, 4));
-      e.size = le(cd, p + 24, 4);
-      if (e.size == 0xffffffff) {  // the zip64 extra field holds the real uncompressed size first
-        for (size_t x = p + 46 + name_len; x + 4 <= p + 46 + name_len + extra_len;) {
-          const size_t id = le(cd, x, 2), len = le(cd, x + 2, 2);
-          if (id == 1 && len >= 8 && x + 4 + len <= cd.size()) e.size = le(cd, x + 4, 8);
-          x += 4 + len;
-        }
-      }
-      std::string name = cd.substr(p + 46, name_len);
-      const size_t slash = name.find('/');  // PyTorchStreamReader names records without the archive folder
-      entries_[slash == std::string::npos ? name : name.substr(slash + 1)] = e;
+      ZipEntry e = read_entry(cd, p, name_len, extra_len);
+      const std::string name = cd.substr(p + 46, name_len);
+      // PyTorchStreamReader (miniz) looks records up as <first record's folder>/<name>,
+      // ignoring case; this map must find the same record, so names are one folder's, once.
+      const size_t slash = name.find('/');
+      if (n == 0) folder = name.substr(0, slash == std::string::npos ? 0 : slash + 1);
+      if (folder.empty()) fail("record '" + name + "' is not in a folder (PyTorch archives keep all in one)");
+      if (name.compare(0, folder.size(), folder) != 0)
+        fail("record '" + name + "' is not in the archive's folder '" + folder + "'");
+      std::string lower = name;
+      for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (!lowercase_names.insert(lower).second) fail("record '" + name + "' appears twice");
+      check_record(name, e, cd_offset);
+      entries_[name.substr(folder.size())] = e;
       p += 46 + name_len + extra_len + comment_len;
     }
+    check_no_overlap();
   }
 
+  bool has(const std::string& name) const { return entries_.count(name) != 0; }
+
+  // A record about to be read: present and stored uncompressed, as torch.save and
+  // torch.jit.save write tensors and pickles (no zip bombs).
   const ZipEntry& entry(const std::string& name) const {
     auto it = entries_.find(name);
     if (it == entries_.end()) fail("record '" + name + "' is missing");
@@ -99,25 +140,83 @@ class CentralDirectory {
   [[noreturn]] void fail(const std::string& what) const { throw Error(path_ + ": corrupt zip archive: " + what); }
 
  private:
+  // One central directory header at cd[p] (APPNOTE 4.3.12). A size or offset of 0xffffffff
+  // is in the zip64 extra field (id 1), 8 bytes each, in this order, as miniz reads it.
+  ZipEntry read_entry(const std::string& cd, size_t p, size_t name_len, size_t extra_len) const {
+    ZipEntry e;
+    e.method = static_cast<uint16_t>(le(cd, p + 10, 2));
+    e.crc = static_cast<uint32_t>(le(cd, p + 16, 4));
+    e.compressed_size = le(cd, p + 20, 4);
+    e.size = le(cd, p + 24, 4);
+    e.offset = le(cd, p + 42, 4);
+    const size_t extra_end = p + 46 + name_len + extra_len;
+    for (size_t x = p + 46 + name_len; x + 4 <= extra_end;) {
+      const size_t id = le(cd, x, 2), len = le(cd, x + 2, 2);
+      if (x + 4 + len > extra_end) break;
+      if (id == 1) {
+        size_t at = x + 4;
+        for (uint64_t* field : {&e.size, &e.compressed_size, &e.offset}) {
+          if (*field != 0xffffffff) continue;
+          if (at + 8 > x + 4 + len) fail("corrupt zip64 extra field");
+          *field = le(cd, at, 8);
+          at += 8;
+        }
+        break;
+      }
+      x += 4 + len;
+    }
+    return e;
+  }
+
+  // Every record, before any is read: its bytes lie in the file, and a stored record's
+  // size is its bytes (PyTorchStreamReader allocates the declared size before reading).
+  // Compressed records (TorchScript's code/) are never read; those that are must be stored
+  // (entry), so a record never takes more memory than its bytes in the file.
+  void check_record(const std::string& name, const ZipEntry& e, uint64_t cd_offset) const {
+    if (e.offset > cd_offset || e.compressed_size > cd_offset - e.offset)
+      fail("record '" + name + "' of " + std::to_string(e.compressed_size) +
+           " bytes does not lie before the central directory");
+    if (e.method == 0 && e.compressed_size != e.size)
+      fail("record '" + name + "' is stored, but its sizes differ (" + std::to_string(e.size) + " and " +
+           std::to_string(e.compressed_size) + " bytes)");
+  }
+
+  // Records may not share bytes, or a small archive could list many large records all made
+  // of the same bytes; so the records read take at most the file's size together.
+  void check_no_overlap() const {
+    std::vector<std::pair<const std::string*, const ZipEntry*>> by_offset;
+    for (const auto& [name, e] : entries_) by_offset.emplace_back(&name, &e);
+    std::sort(by_offset.begin(), by_offset.end(),
+              [](const auto& a, const auto& b) { return a.second->offset < b.second->offset; });
+    for (size_t k = 1; k < by_offset.size(); ++k)
+      if (by_offset[k - 1].second->offset + by_offset[k - 1].second->compressed_size > by_offset[k].second->offset)
+        fail("records '" + *by_offset[k - 1].first + "' and '" + *by_offset[k].first + "' overlap");
+  }
+
+  // Callers bound n by the file size (or a fixed record size) before asking.
   std::string read_at(uint64_t offset, uint64_t n) {
     std::string buf(n, '\0');
-    in_.seekg(static_cast<std::streamoff>(offset));
-    in_.read(buf.data(), static_cast<std::streamsize>(n));
-    if (static_cast<uint64_t>(in_.gcount()) != n) fail("truncated");
+    if (offset > in_.size() || n > in_.size() - offset || in_.read(offset, buf.data(), n, "zip directory") != n)
+      fail("truncated");
     return buf;
   }
 
   std::string path_;
-  std::ifstream in_;
+  const ReadAdapterInterface& in_;
   std::map<std::string, ZipEntry> entries_;
 };
 
 // The records of one archive, each checked against the central directory before use.
 class Archive {
  public:
-  explicit Archive(const std::string& path) : path_(path), directory_(path) {
+  // `path` names the archive in errors; `in` holds its bytes (a file or memory).
+  Archive(std::shared_ptr<ReadAdapterInterface> in, const std::string& path)
+      : path_(path), in_(std::move(in)), directory_(*in_, path) {
+    // PyTorchStreamReader reads the version record as it opens, before record() can check it.
+    for (const char* version : {".data/version", "version"})
+      if (directory_.has(version)) directory_.entry(version);
     try {
-      reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+      reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(in_);
     } catch (const c10::Error& e) {
       throw Error(path + ": corrupt or truncated zip archive: " + e.what_without_backtrace());
     }
@@ -168,6 +267,7 @@ class Archive {
 
  private:
   std::string path_;
+  std::shared_ptr<ReadAdapterInterface> in_;
   CentralDirectory directory_;
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;
 };
@@ -192,18 +292,8 @@ void collect_attributes(const Value& object, const std::string& prefix, std::set
   }
 }
 
-}  // namespace
-
-bool is_torchscript_archive(const std::string& path) {
-  Archive archive(path);
-  if (archive.has("constants.pkl")) return true;
-  for (const auto& r : archive.names())
-    if (r.rfind("code/", 0) == 0) return true;
-  return false;
-}
-
-TensorMap read_torchscript_tensors(const std::string& path) {
-  Archive archive(path);
+TensorMap torchscript_tensors(std::shared_ptr<ReadAdapterInterface> in, const std::string& path) {
+  Archive archive(std::move(in), path);
   const pickle::Pickle pkl(archive.text("data.pkl"), path + ": data.pkl", archive.loader());
   if (pkl.root().kind != Kind::Object)
     throw Error(path + ": data.pkl holds a " + kind_name(pkl.root()) + ", expected a TorchScript module");
@@ -213,8 +303,8 @@ TensorMap read_torchscript_tensors(const std::string& path) {
   return out;
 }
 
-TensorMap read_torch_save_tensors(const std::string& path) {
-  Archive archive(path);
+TensorMap torch_save_tensors(std::shared_ptr<ReadAdapterInterface> in, const std::string& path) {
+  Archive archive(std::move(in), path);
   const pickle::Pickle pkl(archive.text("data.pkl"), path + ": data.pkl", archive.loader());
   const Value* dict = &pkl.root();
   auto find = [](const Value& d, const std::string& key) -> const Value* {
@@ -235,6 +325,28 @@ TensorMap read_torch_save_tensors(const std::string& path) {
     out[key.s] = value.tensor;
   }
   return out;
+}
+
+}  // namespace
+
+bool is_torchscript_archive(const std::string& path) {
+  Archive archive(open_file(path), path);
+  if (archive.has("constants.pkl")) return true;
+  for (const auto& r : archive.names())
+    if (r.rfind("code/", 0) == 0) return true;
+  return false;
+}
+
+TensorMap read_torchscript_tensors(const std::string& path) { return torchscript_tensors(open_file(path), path); }
+
+TensorMap read_torchscript_tensors_bytes(std::string bytes, const std::string& name) {
+  return torchscript_tensors(std::make_shared<BytesAdapter>(std::move(bytes)), name);
+}
+
+TensorMap read_torch_save_tensors(const std::string& path) { return torch_save_tensors(open_file(path), path); }
+
+TensorMap read_torch_save_tensors_bytes(std::string bytes, const std::string& name) {
+  return torch_save_tensors(std::make_shared<BytesAdapter>(std::move(bytes)), name);
 }
 
 }  // namespace vlmadapt

@@ -28,5 +28,8 @@ bool is_torchscript_archive(const std::string& path);
 TensorMap read_torchscript_tensors(const std::string& path);
 // A torch.save'd state dict (or a dict holding one under "state_dict") of name -> tensor.
 TensorMap read_torch_save_tensors(const std::string& path);
+// The same from the archive's bytes in memory; `name` stands for the file in errors.
+TensorMap read_torchscript_tensors_bytes(std::string bytes, const std::string& name);
+TensorMap read_torch_save_tensors_bytes(std::string bytes, const std::string& name);
 
 }  // namespace vlmadapt

@@ -254,26 +254,37 @@ void OptionSet::set(const std::string& key, const std::string& value) const {
 }
 
 // Optimal-string-alignment distance: Levenshtein plus adjacent transpositions, so that
-// "rl" is one edit from "lr".
+// "rl" is one edit from "lr". Only three rows of the table are kept (a transposition looks
+// two rows back): an unknown key is compared with every known one, hundreds of them.
+#if defined(__clang__)
+// Not parsing: under libFuzzer its comparisons would only add string-distance noise to
+// the coverage of the recipe reader, and cost most of each try (tests/fuzz/).
+__attribute__((no_sanitize("coverage")))
+#endif
 static size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
-  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  std::vector<size_t> two_back(b.size() + 1), prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
   for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
     for (size_t j = 1; j <= b.size(); ++j) {
       const size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      cur[j] = std::min(std::min(prev[j], cur[j - 1]) + 1, prev[j - 1] + cost);
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
-        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+        cur[j] = std::min(cur[j], two_back[j - 2] + 1);
     }
+    std::swap(two_back, prev);  // rows i-1 and i become the two before the next
+    std::swap(prev, cur);
   }
-  return d[a.size()][b.size()];
+  return prev[b.size()];
 }
 
 std::string nearest_key(const std::string& key, const std::vector<std::string>& known) {
   std::string best;
   size_t best_distance = std::numeric_limits<size_t>::max();
   for (const auto& candidate : known) {  // first of equals wins: callers list keys in order
+    // The distance is at least the difference in length: such a candidate cannot win.
+    const size_t at_least = key.size() > candidate.size() ? key.size() - candidate.size() : candidate.size() - key.size();
+    if (at_least >= best_distance) continue;
     const size_t d = edit_distance(key, candidate);
     if (d < best_distance) best = candidate, best_distance = d;
   }

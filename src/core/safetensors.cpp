@@ -40,9 +40,10 @@ struct Parsed {
   size_t data_start = 0;
 };
 
-Parsed parse(const std::string& path) {
+// `path` names the file (or the buffer) in errors.
+Parsed parse(std::string bytes, const std::string& path) {
   Parsed p;
-  p.bytes = read_file(path);
+  p.bytes = std::move(bytes);
   if (p.bytes.size() < 8) throw Error(path + ": not a safetensors file (shorter than 8 bytes)");
   uint64_t n = 0;
   std::memcpy(&n, p.bytes.data(), 8);  // little-endian hosts only (x86-64, arm64)
@@ -106,8 +107,10 @@ Entry check_entry(const std::string& key, const nlohmann::json& info, uint64_t d
 
 }  // namespace
 
-TensorMap read_safetensors(const std::string& path) {
-  Parsed p = parse(path);
+TensorMap read_safetensors(const std::string& path) { return read_safetensors_bytes(read_file(path), path); }
+
+TensorMap read_safetensors_bytes(std::string bytes, const std::string& path) {
+  Parsed p = parse(std::move(bytes), path);
   const uint64_t data_size = p.bytes.size() - p.data_start;
   std::vector<Entry> entries;
   for (const auto& [key, info] : p.header.items()) {
@@ -139,7 +142,11 @@ TensorMap read_safetensors(const std::string& path) {
 }
 
 std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
-  Parsed p = parse(path);
+  return read_safetensors_metadata_bytes(read_file(path), path);
+}
+
+std::map<std::string, std::string> read_safetensors_metadata_bytes(std::string bytes, const std::string& path) {
+  Parsed p = parse(std::move(bytes), path);
   std::map<std::string, std::string> meta;
   if (p.header.contains("__metadata__"))
     for (const auto& [k, v] : p.header["__metadata__"].items())

@@ -23,6 +23,8 @@
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/core/fs.h>
 
+#include "dataset_readers.h"
+
 namespace vlmadapt::detail {
 
 std::function<Image(const std::string&)> file_loader(const std::string& root);
@@ -123,10 +125,10 @@ std::vector<RawItem> read_entries(const json& j, const char* split, const std::s
 // Parses a split file into train/val/test and class names. Labels are renumbered over the
 // sorted labels present, which keeps CoOp's labels as they are (they are 0..n-1) and
 // closes the gaps left when ignored classes are dropped.
-void read_zhou_split(const std::string& path, const CoopInfo& info, Dataset& d) {
+void read_zhou_split(const std::string& text, const std::string& path, const CoopInfo& info, Dataset& d) {
   json j;
   try {
-    j = json::parse(read_file(path));
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(path + ": not valid JSON (" + e.what() + ")");
   }
@@ -193,6 +195,10 @@ std::string image_root(const DataOptions& o, const CoopInfo& info, const std::st
 
 }  // namespace
 
+void parse_coop_split(const std::string& text, const std::string& path, const std::string& dataset, Dataset& d) {
+  read_zhou_split(text, path, find_info(dataset), d);
+}
+
 Dataset open_coop(const DataOptions& o) {
   const CoopInfo& info = find_info(o.dataset);
   Dataset d;
@@ -206,7 +212,7 @@ Dataset open_coop(const DataOptions& o) {
     read_fgvc(dir, d);
     d.root = (dir / "images").string();
   } else {
-    read_zhou_split(split, info, d);
+    read_zhou_split(read_file(split), split, info, d);
     d.root = image_root(o, info, split);
   }
   d.templates = builtin_prompts(info.prompts_key).templates;

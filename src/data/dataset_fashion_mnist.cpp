@@ -12,6 +12,7 @@
 #include <vlmadapt/core/fs.h>
 
 #include "core/resources.h"
+#include "dataset_readers.h"
 
 namespace vlmadapt::detail {
 
@@ -33,9 +34,10 @@ std::string gunzip_file(const std::string& path) {
   return resources::gunzip(read_file(path), path);
 }
 
+}  // namespace
+
 // IDX1 labels: magic, count, then one byte per item, each a class index.
-std::vector<uint8_t> read_labels(const std::string& path) {
-  const std::string b = gunzip_file(path);
+std::vector<uint8_t> parse_idx_labels(const std::string& b, const std::string& path) {
   if (b.size() < 8 || be32(b, 0) != kLabelMagic)
     throw Error(path + ": not an IDX label file (expected magic 0x00000801)");
   const uint64_t n = be32(b, 4);
@@ -51,14 +53,9 @@ std::vector<uint8_t> read_labels(const std::string& path) {
 }
 
 // IDX3 images: magic, count, rows, cols, then count*rows*cols bytes, row-major.
-struct Images {
-  std::string bytes;  // the whole decompressed file; pixels start at offset 16
-  uint32_t count = 0, rows = 0, cols = 0;
-};
-
-Images read_images(const std::string& path, size_t expected_count) {
-  Images im;
-  im.bytes = gunzip_file(path);
+IdxImages parse_idx_images(std::string bytes, const std::string& path, size_t expected_count) {
+  IdxImages im;
+  im.bytes = std::move(bytes);
   const std::string& b = im.bytes;
   if (b.size() < 16 || be32(b, 0) != kImageMagic)
     throw Error(path + ": not an IDX image file (expected magic 0x00000803)");
@@ -74,6 +71,16 @@ Images read_images(const std::string& path, size_t expected_count) {
     throw Error(path + ": holds " + std::to_string(im.count) + " images but its label file has " +
                 std::to_string(expected_count));
   return im;
+}
+
+namespace {
+
+using Images = IdxImages;
+
+std::vector<uint8_t> read_labels(const std::string& path) { return parse_idx_labels(gunzip_file(path), path); }
+
+Images read_images(const std::string& path, size_t expected_count) {
+  return parse_idx_images(gunzip_file(path), path, expected_count);
 }
 
 // Shared by all copies of one opened dataset; thread-safe.

@@ -52,6 +52,9 @@ ImageSize jpeg(const Bytes& b) {
     while (b.be(p, 1) == 0xFF) ++p;  // fill bytes
     const uint64_t marker = b.be(p, 1);
     ++p;
+    // libjpeg skips FF 00 (a stuffed zero, no marker) and looks further; this walk would read
+    // a length there and could land on another frame header than libjpeg's.
+    if (marker == 0x00) b.fail("corrupt JPEG marker (FF 00)");
     if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no length
     if (marker == 0xD9 || marker == 0xDA) b.fail("JPEG has no frame header before its scan");
     const uint64_t len = b.be(p, 2);
@@ -75,7 +78,10 @@ ImageSize webp(const Bytes& b) {
   b.fail("unknown WebP chunk");
 }
 
-// TIFF: ImageWidth (256) and ImageLength (257) of the first IFD, SHORT or LONG.
+// TIFF: ImageWidth (256) and ImageLength (257) of the first IFD, one SHORT or LONG each
+// (TIFF 6.0). libtiff ignores later duplicates of a tag and reads other integer types too
+// (an 8-byte one from elsewhere in the file), so a second width or another type could make
+// the size checked differ from the size decoded: both are refused.
 ImageSize tiff(const Bytes& b) {
   const bool little = b.at(0, "II", 2);
   auto num = [&](size_t at, size_t n) { return little ? b.le(at, n) : b.be(at, n); };
@@ -85,15 +91,24 @@ ImageSize tiff(const Bytes& b) {
   for (uint64_t k = 0; k < count; ++k) {
     const size_t e = ifd + 2 + 12 * k;
     const uint64_t tag = num(e, 2), type = num(e + 2, 2);
-    const uint64_t value = type == 3 ? num(e + 8, 2) : num(e + 8, 4);
-    if (tag == 256) s.width = value;
-    if (tag == 257) s.height = value;
+    if (tag != 256 && tag != 257) continue;
+    uint64_t& side = tag == 256 ? s.width : s.height;
+    const char* name = tag == 256 ? "width" : "length";
+    if (side != 0) b.fail(std::string("TIFF declares its image ") + name + " twice");
+    if ((type != 3 && type != 4) || num(e + 4, 4) != 1)
+      b.fail(std::string("TIFF image ") + name + " is not one SHORT or LONG");
+    side = type == 3 ? num(e + 8, 2) : num(e + 8, 4);
+    if (side == 0) b.fail(std::string("TIFF image ") + name + " is 0");
   }
   if (!s.width || !s.height) b.fail("TIFF has no image width or length");
   return s;
 }
 
-// PPM/PGM (P1-P6): "P6 <width> <height> ...", with # comments between the fields.
+// PPM/PGM (P1-P6): "P6 <width> <height> ...", with # comments between the fields. Read
+// as OpenCV's decoder reads it (grfmt_pxm.cpp, ReadNumber): a comment ends at '\n' or '\r',
+// and the byte after a number is consumed whatever it is, so "113#1\n" is 113 then 1 there
+// while a comment to the Netpbm specification. A number must therefore end in whitespace,
+// or the two readings (and the size checked) could differ.
 ImageSize pnm(const Bytes& b) {
   size_t p = 2;
   uint64_t v[2] = {0, 0};
@@ -101,7 +116,7 @@ ImageSize pnm(const Bytes& b) {
     while (true) {
       b.need(p + 1);
       if (b.b[p] == '#') {
-        while (p < b.b.size() && b.b[p] != '\n') ++p;
+        while (p < b.b.size() && b.b[p] != '\n' && b.b[p] != '\r') ++p;
       } else if (std::isspace(static_cast<unsigned char>(b.b[p]))) {
         ++p;
       } else {
@@ -112,6 +127,8 @@ ImageSize pnm(const Bytes& b) {
     for (int digits = 0; p < b.b.size() && std::isdigit(static_cast<unsigned char>(b.b[p])); ++p)
       if (++digits > 9) b.fail("PPM/PGM size has too many digits");
       else x = x * 10 + uint64_t(b.b[p] - '0');
+    if (p < b.b.size() && !std::isspace(static_cast<unsigned char>(b.b[p])))
+      b.fail("corrupt PPM/PGM header (a size not followed by whitespace)");
   }
   return {v[0], v[1]};
 }

@@ -25,8 +25,11 @@ constexpr int64_t kSafetensorsMaxDims = 16;
 // its stored dtype. Throws vlmadapt::Error naming the file (and key) when the file is
 // missing, truncated, or its header is inconsistent.
 TensorMap read_safetensors(const std::string& path);
+// The same from the file's bytes in memory; `name` stands for the file in errors.
+TensorMap read_safetensors_bytes(std::string bytes, const std::string& name);
 // The "__metadata__" strings of the header (empty if none).
 std::map<std::string, std::string> read_safetensors_metadata(const std::string& path);
+std::map<std::string, std::string> read_safetensors_metadata_bytes(std::string bytes, const std::string& name);
 // Writes through a temporary file and a rename, so a crash never leaves half a file.
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});

@@ -165,6 +165,56 @@ def pickle_fixtures():
     open(path("bad_crc.bin"), "wb").write(bytes(data))
 
 
+# ---- archives whose central directory lies (found by tests/fuzz/fuzz_torch_save) --------
+
+def central_directory_entries(data):
+    """(offset of each central directory header, its name), in order."""
+    eocd = data.rfind(b"PK\x05\x06")
+    count, _, cd_offset = struct.unpack("<HII", data[eocd + 10:eocd + 20])
+    entries, p = [], cd_offset
+    for _ in range(count):
+        name_len, extra_len, comment_len = struct.unpack("<HHH", data[p + 28:p + 34])
+        entries.append((p, data[p + 46:p + 46 + name_len].decode()))
+        p += 46 + name_len + extra_len + comment_len
+    return entries
+
+
+def patch_directory(source, name, target, patch):
+    """Copies archive `source` to `target` with patch(data, header offset) applied to the
+    central directory header of record `name`."""
+    data = bytearray(open(path(source), "rb").read())
+    header = next(p for p, n in central_directory_entries(bytes(data)) if n == name)
+    patch(data, header)
+    open(path(target), "wb").write(bytes(data))
+
+
+def lying_directory_fixtures():
+    # A stored record whose directory entry claims 2 GiB (the bytes stay 24): libtorch's
+    # reader allocated the claimed size before any check; likewise the version record,
+    # which it reads as it opens the archive.
+    def uncompressed_size(value):
+        return lambda data, h: data.__setitem__(slice(h + 24, h + 28), struct.pack("<I", value))
+    patch_directory("valid_state_dict.bin", "archive/data/0", "record_size_over_file.bin", uncompressed_size(1 << 31))
+    patch_directory("valid_state_dict.bin", "archive/version", "version_size_over_file.bin",
+                    uncompressed_size(0xF8000001))
+    # Two storage records whose entries point at the same bytes: with many such entries a
+    # small file would make many large storages.
+    two = {"0": floats(6), "1": floats(6)}
+    write_archive("overlapping_records.bin", {"a": Tensor(Storage("0", 6), 0, (6,), (1,)),
+                                              "b": Tensor(Storage("1", 6), 0, (6,), (1,))}, two)
+    first = next(p for p, n in central_directory_entries(open(path("overlapping_records.bin"), "rb").read())
+                 if n == "archive/data/0")
+    def same_bytes(data, h):
+        data[h + 42:h + 46] = data[first + 42:first + 46]  # local header offset
+        data[h + 16:h + 20] = data[first + 16:first + 20]  # and its CRC-32
+    patch_directory("overlapping_records.bin", "archive/data/1", "overlapping_records.bin", same_bytes)
+    # Two records whose names differ only in case: libtorch's zip reader (miniz) ignores
+    # case, so the name checked and the record read could differ.
+    write_archive("duplicate_record.bin", {"w": Tensor(Storage("0", 6), 0, (6,), (1,))}, two)
+    patch_directory("duplicate_record.bin", "archive/data/1", "duplicate_record.bin",
+                    lambda data, h: data.__setitem__(slice(h + 46, h + 60), b"archive/DATA/0"))
+
+
 # ---- images --------------------------------------------------------------------------
 
 def png_chunk(kind, body):
@@ -181,6 +231,7 @@ def image_fixtures():
 
 if __name__ == "__main__":
     pickle_fixtures()
+    lying_directory_fixtures()
     image_fixtures()
     torchscript_fixtures()
     print("wrote", sorted(f for f in os.listdir(HERE) if not f.endswith(".py")))
