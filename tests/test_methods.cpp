@@ -58,11 +58,19 @@ Batch batch_for(Method& m, int64_t n, uint64_t seed) {
   return b;
 }
 
+// Options whose defaults are the paper's for a 12-layer ViT-B/16 and exceed the tiny
+// model's 2 layers (the default on it is an error: DepthBeyondTheTowerIsAClearError).
+std::map<std::string, std::string> tiny_model_options(const std::string& name) {
+  if (name == "maple") return {{"maple.depth", "2"}};
+  if (name == "promptsrc") return {{"promptsrc.depth_text", "2"}, {"promptsrc.depth_vision", "2"}};
+  return {};
+}
+
 // A method built and set up from a seed, and fitted when it fits, as the run does it.
 std::shared_ptr<Method> build(const std::string& name, uint64_t seed, bool fit = true) {
   shared_clip();  // loaded before seeding (loading leaves the stream alone anyway)
   torch::manual_seed(seed);
-  auto m = vlmadapt::make_method(name);
+  auto m = vlmadapt::make_method(name, tiny_model_options(name));
   m->setup(task(shared_clip()));
   if (fit && m->contract().fits) {
     vlmadapt::FitData data{features(40, 11), 1, features(20, 12)};
@@ -190,7 +198,8 @@ INSTANTIATE_TEST_SUITE_P(Registry, MethodContract, ::testing::ValuesIn(vlmadapt:
 TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
   for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image", "zero", "mta", "ctpt", "tda",
-                        "dmn", "boostadapter", "dpe", "tip_adapter", "tip_adapter_f", "gda", "lp_pp", "clap", "zpe"})
+                        "dmn", "boostadapter", "dpe", "tip_adapter", "tip_adapter_f", "gda", "lp_pp", "clap", "zpe", "kgcoop",
+                        "prograd", "maple", "promptsrc"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }

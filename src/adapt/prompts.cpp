@@ -95,10 +95,19 @@ PromptLearnerImpl::PromptLearnerImpl(Clip clip, const Tokenizer& tokenizer, cons
   if (!options.ctx_init.empty()) {
     // CoOp: n_ctx = number of words (one BPE token per word assumed); CSC is ignored.
     prefix_text_ = underscores_to_spaces(options.ctx_init);
-    n_ctx_ = count_words(prefix_text_);
+    const int64_t words = count_words(prefix_text_);
+    n_ctx_ = words;
+    if (options.pad_init) {
+      if (words > options.n_ctx)
+        throw Error("ctx_init: '" + prefix_text_ + "' has " + std::to_string(words) + " words, more than n_ctx = " +
+                    std::to_string(options.n_ctx));
+      n_ctx_ = options.n_ctx;
+      for (int64_t i = words; i < n_ctx_; ++i) prefix_text_ = "X " + prefix_text_;
+    }
     torch::NoGradGuard no_grad;
     auto ids = tokenizer_.tokenize({prefix_text_}, clip_->config().context_length, false).to(device);
     init = clip_->embed_tokens(ids)[0].narrow(0, 1, n_ctx_).clone();
+    init.narrow(0, 0, n_ctx_ - words).zero_();
   } else {
     if (options.n_ctx < 1) throw Error("n_ctx: expected at least 1 context vector, got " + std::to_string(options.n_ctx));
     n_ctx_ = options.n_ctx;

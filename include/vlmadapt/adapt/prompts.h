@@ -51,6 +51,10 @@ struct PromptLearnerOptions {
   bool csc = false;                      // class-specific context (ignored with ctx_init, as CoOp)
   ClassPosition class_token_position = ClassPosition::End;
   double init_std = 0.02;
+  // ProGrad's initialisation: with ctx_init, keep n_ctx vectors, zeros first and the init
+  // words' embeddings last; the prompt reads "X ... X <init words> <class>." (BPE tokens of
+  // the init words past the n_ctx-th stay fixed). Off: CoOp's rule, n_ctx = the word count.
+  bool pad_init = false;
 };
 
 // CoOp's prompt learner: prompts = [SOT, ctx_1..ctx_M, class tokens, ".", EOT] as token
