@@ -18,7 +18,8 @@
 namespace vlmadapt::methods {
 
 struct MapleOptions {
-  DeepPromptOptions prompt{2, 2, 9, 9, "a photo of a", 0.02, /*couple=*/true};
+  DeepPromptOptions prompt{2, 2, 9, 9, "a photo of a", 0.02, /*couple=*/true,
+                           {"maple.n_ctx", "maple.n_ctx", "maple.depth", "maple.depth"}};
   void bind(OptionSet& s) {
     s.add("n_ctx", prompt.n_text, "learnable tokens per layer in each tower").at_least(1);
     s.add("depth", prompt.depth_text, "prompt depth J: layer 0 and blocks 1..J-1 of both towers").at_least(1);

@@ -26,7 +26,9 @@
 namespace vlmadapt::methods {
 
 struct PromptsrcOptions {
-  DeepPromptOptions prompt{4, 4, 9, 9, "a photo of a", 0.02, /*couple=*/false};
+  DeepPromptOptions prompt{4, 4, 9, 9, "a photo of a", 0.02, /*couple=*/false,
+                           {"promptsrc.n_ctx_text", "promptsrc.n_ctx_vision",
+                            "promptsrc.depth_text", "promptsrc.depth_vision"}};
   double text_loss_weight = 25, image_loss_weight = 10, logits_loss_weight = 1;
   bool gpa = true;
   double gpa_mean = 15, gpa_std = 1;

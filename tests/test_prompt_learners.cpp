@@ -184,7 +184,7 @@ TEST(Maple, DepthBeyondTheTowerIsAClearError) {
   m::MapleOptions o;  // the default depth 9 on a 2-layer tower
   m::Maple maple(o);
   const auto message = vt::error_of([&] { maple.setup(task()); });
-  EXPECT_NE(message.find("depth_text"), std::string::npos) << message;
+  EXPECT_NE(message.find("maple.depth"), std::string::npos) << message;
   EXPECT_NE(message.find("[1, 2]"), std::string::npos) << message;
 }
 

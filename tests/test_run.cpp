@@ -301,6 +301,32 @@ TEST(Run, TipAdapterFKilledAndResumedKeepsItsBestEpoch) {
   fs::remove_all(dir);
 }
 
+// PromptSRC trains on pixels (its prompts are inside the image tower) and carries its
+// Gaussian aggregate from epoch to epoch: killed after an epoch and inside a checkpoint,
+// it resumes to the same prompts, bit for bit. Base-to-new: H is reported.
+TEST(Run, PromptsrcKilledAndResumedAggregatesTheSame) {
+  auto dir = vt::temp_dir("run_promptsrc");
+  const auto straight = recipe(dir, "promptsrc",
+                               "batch_size = 4\n[data]\nclasses = base\n[promptsrc]\ndepth_text = 2\ndepth_vision = 2\n"
+                               "gpa_mean = 3\ngpa_std = 1\n");
+  ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=straight"}), 0);
+  const auto run = run_dir(dir, "promptsrc", "straight");
+  const auto expected = vlmadapt::read_safetensors((run / "method.safetensors").string());
+  EXPECT_GT(expected.at("gpa.ctx").abs().sum().item<double>(), 0);
+  EXPECT_TRUE(metrics_of(run).contains("harmonic_mean"));
+  for (const std::string at : {"epoch:2", "checkpoint:3"}) {
+    const std::string name = "killed_" + at.substr(0, at.find(':'));
+    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + straight +
+                            " --set name=" + name + " > /dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
+    ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=" + name, "--resume"}), 0) << at;
+    const auto resumed = vlmadapt::read_safetensors((run_dir(dir, "promptsrc", name) / "method.safetensors").string());
+    for (const auto& [key, t] : expected) EXPECT_TRUE(torch::equal(t, resumed.at(key))) << at << ": " << key;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Run, RecipeErrorsNameTheKey) {
   auto dir = vt::temp_dir("run_errors");
   std::string out;

@@ -11,7 +11,7 @@ namespace {
 int64_t vision_layers(const ClipConfig& c) { return c.vision_vit ? c.vision_layers.at(0) : 0; }
 
 void check_depth(int64_t n, int64_t depth, int64_t layers, const std::string& tower, const std::string& key) {
-  if (n < 0) throw Error(key + ": expected at least 0 " + tower + " prompt tokens, got " + std::to_string(n));
+  if (n < 0) throw Error(tower + " prompt tokens: expected at least 0, got " + std::to_string(n));
   if (n > 0 && (depth < 1 || depth > layers))
     throw Error(key + ": a " + tower + " prompt depth of " + std::to_string(depth) + " is outside [1, " +
                 std::to_string(layers) + "], the " + tower + " tower's layers");
@@ -28,12 +28,15 @@ DeepPromptLearnerImpl::DeepPromptLearnerImpl(Clip clip, const Tokenizer& tokeniz
   const auto& c = clip_->config();
   const int64_t d = c.transformer_width, w = c.vision_width;
   const auto device = clip_->logit_scale().device();
-  check_depth(options.n_text, options.depth_text, c.transformer_layers, "text", "depth_text");
+  const auto& key = options.keys;
+  if (key.size() != 4) throw Error("DeepPromptOptions.keys: expected 4 names");
+  check_depth(options.n_text, options.depth_text, c.transformer_layers, "text", key[2]);
   if (options.n_image > 0 && !c.vision_vit)
-    throw Error("n_image: image prompts need a ViT image tower; this model's is a ModifiedResNet (set n_image = 0)");
-  check_depth(options.n_image, options.depth_image, vision_layers(c), "image", "depth_image");
+    throw Error(key[1] + ": image prompts need a ViT image tower; this model's is a ModifiedResNet (set " + key[1] +
+                " = 0)");
+  check_depth(options.n_image, options.depth_image, vision_layers(c), "image", key[3]);
   if (options.couple && (options.n_image != options.n_text || options.depth_image != options.depth_text || options.n_text < 1))
-    throw Error("coupled prompts (MaPLe): n_image and depth_image must equal n_text >= 1 and depth_text, got " +
+    throw Error(key[0] + ", " + key[2] + ": coupled prompts (MaPLe) need the same count >= 1 and depth in both towers, got " +
                 std::to_string(options.n_image) + "/" + std::to_string(options.depth_image) + " and " +
                 std::to_string(options.n_text) + "/" + std::to_string(options.depth_text));
   const int64_t nt = options.n_text, nv = options.n_image;

@@ -27,6 +27,8 @@ struct DeepPromptOptions {
   // MaPLe: the image prompts are no parameters of their own but Linear(D -> W) images of the
   // text prompts, one Linear per layer (n_image = n_text, depth_image = depth_text).
   bool couple = false;
+  // How a method's recipe names n_text, n_image, depth_text and depth_image, for errors.
+  std::vector<std::string> keys{"n_text", "n_image", "depth_text", "depth_image"};
 };
 
 class DeepPromptLearnerImpl : public torch::nn::Module {
