@@ -129,11 +129,6 @@ TEST_F(Soup, UniformIsTheMeanOfTwoRuns) {
   EXPECT_EQ(run["soup"]["kept"], json::array({a.string(), b.string()}));
   EXPECT_EQ(run["selection"], "none");
   EXPECT_TRUE(json_of(out / "metrics.json").contains("test"));
-  // seed 2's train images are not in the soup's validation split
-  EXPECT_GE(run["soup"]["val_removed_as_trained_on"].get<int>(), 0);
-  std::set<std::string> trained;
-  for (const auto& item : json_of(b / "split.json")["train"]) trained.insert(item[0].get<std::string>());
-  for (const auto& item : json_of(out / "split.json")["val"]) EXPECT_FALSE(trained.count(item[0].get<std::string>()));
 }
 
 TEST_F(Soup, GreedyKeepsWhatDoesNotLowerValidation) {
