@@ -109,7 +109,12 @@ TEST(Report, BaseNewAndHarmonicMean) {
   EXPECT_NE(csv.find("dtd,cocoop,16,new_top1,70.0000,0.0000,2\n"), std::string::npos) << csv;
   // seed 1: H = 2*80*70/150 = 74.6667 (computed); seed 2: 50 -> mean 62.3333
   EXPECT_NE(csv.find("dtd,cocoop,16,harmonic_mean,62.3333,"), std::string::npos) << csv;
-  EXPECT_EQ(count(rp::markdown(cells), "| method |"), 4u);
+  // base, new and H side by side, then one table per metric
+  const std::string md = rp::markdown(cells);
+  EXPECT_NE(md.find("| cocoop | 16-shot | 81.0 ± 1.4 (n=2) | 70.0 ± 0.0 (n=2) | 62.3 ± 17.4 (n=2) |"), std::string::npos)
+      << md;
+  EXPECT_LT(md.find("| method | shots | base | new | H |"), md.find("test top-1 accuracy")) << md;
+  EXPECT_EQ(count(md, "| method |"), 5u);
 }
 
 // Seconds per run: fitting plus training from run.json, two decimals (fits take hundredths).

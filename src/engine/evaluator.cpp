@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -29,6 +30,23 @@ LoaderOptions test_loader(const EvalSetup& s) {
   return o;
 }
 
+// The method's logits as the dataset's classes: the chosen columns, and the count checked
+// (a learned state made for another class set must not be scored against these labels).
+torch::Tensor dataset_logits(const EvalSetup& s, torch::Tensor logits) {
+  if (!s.columns.empty()) {
+    const auto top = *std::max_element(s.columns.begin(), s.columns.end());
+    if (logits.size(1) <= top)
+      throw Error("evaluate: the method scores " + std::to_string(logits.size(1)) + " classes; " + s.dataset->name +
+                  "'s classes are columns up to " + std::to_string(top) + " of a larger label space");
+    logits = logits.index_select(1, torch::tensor(s.columns, torch::kLong).to(logits.device()));
+  }
+  const auto classes = static_cast<int64_t>(s.dataset->classnames.size());
+  if (logits.dim() != 2 || logits.size(1) != classes)
+    throw Error("evaluate: the method scores " + std::to_string(logits.dim() == 2 ? logits.size(1) : -1) +
+                " classes, but " + s.dataset->name + " has " + std::to_string(classes));
+  return logits.to(torch::kFloat).cpu();
+}
+
 std::vector<std::string> refs_of(const std::vector<Item>& items, int64_t start, int64_t n) {
   std::vector<std::string> ids;
   for (int64_t i = start; i < start + n; ++i) ids.push_back(items[i].ref);
@@ -45,7 +63,7 @@ void eval_features(const EvalSetup& s, const std::vector<Item>& items, MetricAcc
   for (int64_t start = 0; start < n; start += bs) {
     const int64_t len = std::min(bs, n - start);
     Batch b{{}, fs.features.narrow(0, start, len).to(device), fs.labels.narrow(0, start, len).to(device)};
-    acc.add(s.method->logits(b).to(torch::kFloat).cpu(), b.labels.cpu(), refs_of(items, start, len));
+    acc.add(dataset_logits(s, s.method->logits(b)), b.labels.cpu(), refs_of(items, start, len));
   }
 }
 
@@ -57,7 +75,7 @@ void eval_pixels(const EvalSetup& s, const std::vector<Item>& items, MetricAccum
   int64_t start = 0;
   for (PixelBatch pb; loader.next(pb);) {
     Batch b = method_batch(*s.method, clip, pb.pixels.to(device), pb.labels.to(device));
-    acc.add(s.method->logits(b).to(torch::kFloat).cpu(), pb.labels, refs_of(items, start, pb.labels.size(0)));
+    acc.add(dataset_logits(s, s.method->logits(b)), pb.labels, refs_of(items, start, pb.labels.size(0)));
     start += pb.labels.size(0);
   }
 }
@@ -83,7 +101,7 @@ void stream_run(const EvalSetup& s, const std::vector<Item>& items, const std::v
       b = stream.batch(views, label.to(device));
       if (view_features) (*view_features)[i] = b.image_features;
     }
-    auto logits = stream.predict(std::move(b)).to(torch::kFloat).cpu();
+    auto logits = dataset_logits(s, stream.predict(std::move(b)));
     acc.add(logits, label, {items[i].ref});
     if (first) first->add(logits, label, {items[i].ref});
     progress.update(++done, std::nan(""), std::nan(""), 1);

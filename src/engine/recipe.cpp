@@ -67,7 +67,10 @@ void EvalOptions::bind(OptionSet& set) {
       .add("dirichlet", dirichlet, "concentration of the dirichlet order (StatA: 0.1 low, 0.01 medium, 0.001 high correlation)")
       .above(0)
       .add("runs", runs, "stream orders evaluated (mean, std and the mean of the worst 10% are reported)")
-      .range(1, 10000);
+      .range(1, 10000)
+      .add("transfer", transfer,
+           "dataset recipes ('|'-separated, paths from the working folder) the finished run is also evaluated on: "
+           "cross-dataset transfer and domain generalisation, into <run>/transfer/<dataset>/");
 }
 
 namespace {

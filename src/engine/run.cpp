@@ -12,6 +12,7 @@
 #include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/engine/trainer.h>
+#include <vlmadapt/engine/transfer.h>
 #include <vlmadapt/adapt/tta.h>
 
 namespace vlmadapt {
@@ -22,46 +23,33 @@ namespace {
 
 void write_json(const fs::path& p, const json& j) { write_file_atomic(p.string(), j.dump(2) + "\n"); }
 
-// Where a run keeps what it made besides its context.
-struct Run {
-  RunContext c;
-  fs::path dir;
-};
-
-EvalSetup eval_setup(Run& run, const Dataset& data) {
-  RunContext& c = run.c;
-  EvalSetup s;
-  s.method = c.method.get();
-  s.clip = c.clip;
-  s.dataset = &data;
-  s.options = c.recipe.eval;
-  s.seed = static_cast<uint64_t>(c.recipe.data.seed);
-  s.workers = c.recipe.data.workers;
-  s.cache = c.cache.get();
-  s.transform_tag = test_transform_tag(c.recipe, c.clip->image_resolution());
-  s.out_dir = run.dir.string();
-  if (c.method->contract().adapts()) s.views = tta_view_maker(c.view_options());
-  return s;
+json read_json(const fs::path& p) {
+  try {
+    return json::parse(read_file(p.string()));
+  } catch (const json::exception& e) {
+    throw Error(p.string() + ": not valid JSON (" + e.what() + ")");
+  }
 }
 
-json evaluate_splits(Run& run, const std::vector<std::string>& splits, std::ostream& log) {
-  RunContext& c = run.c;
+}  // namespace
+
+json evaluate_context(RunContext& c, const std::string& dir, const std::vector<std::string>& splits, std::ostream& log) {
   json metrics;
   for (const auto& split : splits) {
     const auto& items = c.task.split(split);
     if (items.empty()) continue;
-    auto m = evaluate(eval_setup(run, c.task), items, split);
+    auto m = evaluate(eval_setup(c, c.task, dir), items, split);
     metrics[split] = m;
     log << split << ": top-1 " << m.top1 << "% over " << m.count << " images";
     if (m.run_top1.size() > 1)
       log << " (mean of " << m.run_top1.size() << " stream orders, std " << m.top1_std << ", worst 10% " << m.tail_top1 << ")";
     log << ", " << m.seconds_per_image << " s per image\n";
   }
-  if (c.recipe.data.classes == "base") {  // base-to-new: the same method on the new classes
+  if (c.recipe.data.classes == "base" && metrics.contains("test")) {  // base-to-new: the same method on the new classes
     Dataset fresh = sample_few_shot(c.full, 0, 0, static_cast<uint64_t>(c.recipe.data.seed));
     Dataset novel = subsample_classes(fresh, "new");
     c.set_classes(novel);
-    auto m = evaluate(eval_setup(run, novel), novel.test, "new");
+    auto m = evaluate(eval_setup(c, novel, dir), novel.test, "new");
     metrics["base"] = metrics["test"];
     metrics["new"] = m;
     metrics["harmonic_mean"] = harmonic_mean(metrics["base"]["top1"].get<double>(), m.top1);
@@ -70,6 +58,8 @@ json evaluate_splits(Run& run, const std::vector<std::string>& splits, std::ostr
   }
   return metrics;
 }
+
+namespace {
 
 // A run folder holds one recipe's results: skipping or resuming it under another recipe
 // would report numbers the current recipe never produced.
@@ -82,7 +72,8 @@ void require_same_recipe(const fs::path& dir, const Recipe& recipe) {
   int shown = 0;
   for (const auto& [key, value] : now) {
     auto it = was.find(key);
-    const std::string old = it == was.end() ? "(absent)" : it->second;
+    // A key added since the folder was written reads as absent there: unset now is the same.
+    const std::string old = it == was.end() ? (value.empty() ? value : "(absent)") : it->second;
     if (old != value && shown++ < 3) diff += "; " + key + " = " + old + " there, " + value + " now";
   }
   if (!diff.empty())
@@ -117,8 +108,7 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   write_json(dir / "run.json", run);
 
   if (!resume) fs::remove(dir / "split.json");  // a fresh run draws its split again
-  Run r{open_run_context(recipe, (dir / "split.json").string()), dir};
-  RunContext& c = r.c;
+  RunContext c = open_run_context(recipe, (dir / "split.json").string());
   log << "run " << dir.string() << ": " << recipe.method << " on " << recipe.data.dataset << ", "
       << c.task.classnames.size() << " classes, " << c.task.train.size() << " train / " << c.task.val.size()
       << " val / " << c.task.test.size() << " test images\n";
@@ -141,7 +131,7 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   run["train_seconds"] = seconds_since(t0);
   write_safetensors((dir / "method.safetensors").string(), c.method->state());
 
-  summary.metrics = evaluate_splits(r, {"val", "test"}, log);
+  summary.metrics = evaluate_context(c, dir.string(), {"val", "test"}, log);
   write_json(dir / "metrics.json", summary.metrics);
   run["status"] = "finished";
   run["final_loss"] = loss;
@@ -149,7 +139,32 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   run["selection"] = to_string(recipe.train.selection);
   run["chosen"] = c.method->chosen();
   write_json(dir / "run.json", run);
+  if (!recipe.eval.transfer.empty()) evaluate_transfers(dir.string(), recipe.eval.transfer, log);
   return summary;
+}
+
+RunFolder read_run_folder(const std::string& run_dir) {
+  const fs::path dir(run_dir);
+  if (!is_dir(dir)) throw Error(run_dir + ": no such run folder");
+  for (const char* file : {"recipe.ini", "run.json", "split.json"})
+    if (!is_file(dir / file)) throw Error(run_dir + ": not a run folder (no " + file + ")");
+  const json run = read_json(dir / "run.json");
+  const std::string status = run.is_object() && run.value("status", json()).is_string() ? run["status"].get<std::string>() : "";
+  if (status != "finished" || !is_file(dir / "method.safetensors"))
+    throw Error(run_dir + ": run has not finished (status \"" + status + "\")");
+  RunFolder f;
+  f.dir = run_dir;
+  f.recipe = load_recipe({(dir / "recipe.ini").string()});
+  const json split = read_json(dir / "split.json");
+  Dataset classes;
+  try {
+    classes.classnames = split.at("classnames").get<std::vector<std::string>>();
+  } catch (const json::exception&) {
+    throw Error((dir / "split.json").string() + ": expected \"classnames\", a list of strings");
+  }
+  f.classnames = subsample_classes(classes, f.recipe.data.classes).classnames;
+  f.state_file = (dir / "method.safetensors").string();
+  return f;
 }
 
 json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log) {
@@ -158,10 +173,10 @@ json evaluate_run(const std::string& run_dir, const std::string& split, std::ost
   if (!fs::exists(dir / "method.safetensors")) throw Error(run_dir + ": run has not finished (no method.safetensors)");
   Recipe recipe = load_recipe({(dir / "recipe.ini").string()});
   FolderLock lock(dir);  // it writes the split's confusion matrix and predictions there
-  Run r{open_run_context(recipe, (dir / "split.json").string()), dir};
+  RunContext c = open_run_context(recipe, (dir / "split.json").string());
   const auto state = (dir / "method.safetensors").string();
-  r.c.method->load_state(read_safetensors(state), state);
-  return evaluate_splits(r, {split}, log);
+  c.method->load_state(read_safetensors(state), state);
+  return evaluate_context(c, run_dir, {split}, log);
 }
 
 }  // namespace vlmadapt

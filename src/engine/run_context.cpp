@@ -36,6 +36,21 @@ TtaViewOptions RunContext::view_options() const {
   return v;
 }
 
+EvalSetup eval_setup(const RunContext& c, const Dataset& data, const std::string& out_dir) {
+  EvalSetup s;
+  s.method = c.method.get();
+  s.clip = c.clip;
+  s.dataset = &data;
+  s.options = c.recipe.eval;
+  s.seed = static_cast<uint64_t>(c.recipe.data.seed);
+  s.workers = c.recipe.data.workers;
+  s.cache = c.cache.get();
+  s.transform_tag = test_transform_tag(c.recipe, c.clip->image_resolution());
+  s.out_dir = out_dir;
+  if (c.method->contract().adapts()) s.views = tta_view_maker(c.view_options());
+  return s;
+}
+
 Clip load_model(const ModelOptions& model, std::string* resolved) {
   const std::string path = resolve_checkpoint(model.checkpoint);
   if (resolved) *resolved = path;

@@ -136,12 +136,32 @@ void read_metrics(Run& run, const std::string& path) {
   if (test.contains("seconds_per_image")) run.stream = read_stream_result(test, path);
 }
 
+// <dir>/transfer/<target>/ with a finished run.json and metrics.json: target -> test top-1.
+void read_transfers(Run& run) {
+  const fs::path root = fs::path(run.dir) / "transfer";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path r = it->path() / "run.json", m = it->path() / "metrics.json";
+    if (!it->is_directory() || !is_file(r) || !is_file(m)) continue;
+    if (parse_json_file(r.string()).value("status", "") != "finished") continue;
+    const json metrics = parse_json_file(m.string());
+    run.transfers[it->path().filename().string()] =
+        need_number(need(need(metrics, "test", m.string()), "top1", m.string() + " \"test\""), "test.top1", m.string());
+  }
+  if (ec) throw Error(root.string() + ": cannot list folder (" + ec.message() + ")");
+}
+
 }  // namespace
 
 std::optional<Run> read_run(const std::string& dir, std::string* skipped) {
   const std::string run_path = (fs::path(dir) / "run.json").string();
   const json r = parse_json_file(run_path);
   const std::string status = need_string(r, "status", run_path);
+  if (r.value("kind", "") == "transfer") {
+    if (skipped) *skipped = dir + ": skipped, a transfer result (shown with its run, from <run>/transfer/)";
+    return std::nullopt;
+  }
   if (status != "finished") {
     if (skipped) *skipped = dir + ": skipped, status \"" + status + "\" is not \"finished\"";
     return std::nullopt;
@@ -160,6 +180,7 @@ std::optional<Run> read_run(const std::string& dir, std::string* skipped) {
     run.values["run_seconds"] = need_number(r.at("fit_seconds"), "fit_seconds", run_path) +
                                 need_number(r.value("train_seconds", json(0.0)), "train_seconds", run_path);
   if (run.stream) run.stream->adaptation = r.value("adaptation", std::string("none"));
+  read_transfers(run);
   return run;
 }
 
@@ -328,12 +349,32 @@ std::vector<const Cell*> select(const std::vector<Cell>& cells, const std::strin
   return out;
 }
 
+// Base-to-new side by side: base, new and H of each method and shot count.
+std::string base_new_table(const std::vector<Cell>& cells, const std::string& dataset) {
+  std::map<std::pair<std::string, int>, std::map<std::string, const Cell*>> rows;
+  for (const auto& c : cells)
+    if (c.dataset == dataset && (c.metric == "base_top1" || c.metric == "new_top1" || c.metric == "harmonic_mean"))
+      rows[{c.method, c.shots}][c.metric] = &c;
+  if (rows.empty()) return "";
+  std::string out = "\nbase-to-new: top-1 % on the base classes, on the new classes, and H (harmonic mean of base and "
+                    "new, averaged over seeds)\n\n| method | shots | base | new | H |\n|---|---|---|---|---|\n";
+  for (const auto& [key, by_metric] : rows) {
+    out += "| " + md_escape(key.first) + " | " + shots_header(key.second) + " |";
+    for (const char* metric : {"base_top1", "new_top1", "harmonic_mean"}) {
+      auto it = by_metric.find(metric);
+      out += " " + (it == by_metric.end() ? std::string("-") : md_cell(*it->second)) + " |";
+    }
+    out += "\n";
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string markdown(const std::vector<Cell>& cells) {
   std::string out = "# Results\n\nMean ± sample standard deviation over seeds; n = number of seeds.\n";
   for (const auto& dataset : datasets_of(cells)) {
-    out += "\n## " + md_escape(dataset) + "\n";
+    out += "\n## " + md_escape(dataset) + "\n" + base_new_table(cells, dataset);
     for (const auto& metric : metric_names()) {
       const auto selected = select(cells, dataset, metric);
       if (selected.empty()) continue;

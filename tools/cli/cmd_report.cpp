@@ -23,10 +23,12 @@ int report_main(const std::vector<std::string>& args, std::ostream& out, std::os
   for (const auto& line : collection.skipped) err << line << "\n";
   auto cells = report::aggregate(collection.runs);
   const bool as_csv = p.vars["csv"].as<bool>();
-  out << (as_csv ? report::csv(cells) : report::markdown(cells) + report::tta_markdown(collection.runs));
+  out << (as_csv ? report::csv(cells) : report::markdown(cells) + report::tta_markdown(collection.runs) +
+                              report::transfer_markdown(collection.runs));
   const std::string dir = p.vars["out"].as<std::string>();
   for (const auto& path : report::write_report(cells, dir)) err << "wrote " << path << "\n";
   for (const auto& path : report::write_tta_report(collection.runs, dir)) err << "wrote " << path << "\n";
+  for (const auto& path : report::write_transfer_report(collection.runs, dir)) err << "wrote " << path << "\n";
   return 0;
 }
 

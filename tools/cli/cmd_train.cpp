@@ -6,6 +6,7 @@
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/engine/recipe.h>
 #include <vlmadapt/engine/run.h>
+#include <vlmadapt/engine/transfer.h>
 
 #include "cli/args.h"
 #include <vlmadapt/cli/cli.h>
@@ -80,12 +81,28 @@ int tta(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
 }
 
 int eval(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  po::options_description o("eval options");
+  auto o = recipe_options();
   o.add_options()("run", po::value<std::string>()->required(), "run folder")
-      ("split", po::value<std::string>()->default_value("test"), "split to evaluate: test or val");
-  auto p = parse_args(args, "vlmadapt eval --run DIR [--split test]", o, "", out);
+      ("split", po::value<std::string>()->default_value("test"), "split to evaluate: test or val")
+      ("name", po::value<std::string>()->default_value(""), "with --recipe: the folder under <run>/transfer/");
+  auto p = parse_args(args,
+                      "vlmadapt eval --run DIR [--split test]\n"
+                      "       vlmadapt eval --run DIR --recipe DATASET.ini [--set data.key=value ...] [--name N]"
+                      "   (on another dataset: <run>/transfer/<name>/)",
+                      o, "", out);
   if (p.help) return 0;
-  out << evaluate_run(p.vars["run"].as<std::string>(), p.vars["split"].as<std::string>(), err).dump(2) << "\n";
+  const std::string run = p.vars["run"].as<std::string>();
+  if (!p.vars.count("recipe")) {
+    if (p.vars.count("set")) throw Error("--set: only with --recipe (the target dataset of a transfer)");
+    out << evaluate_run(run, p.vars["split"].as<std::string>(), err).dump(2) << "\n";
+    return 0;
+  }
+  if (p.vars["split"].as<std::string>() != "test") throw Error("--split: a transfer evaluates the target's test split");
+  std::vector<std::string> sets;
+  if (p.vars.count("set")) sets = p.vars["set"].as<std::vector<std::string>>();
+  const auto target = transfer_target(p.vars["recipe"].as<std::vector<std::string>>(), sets);
+  auto r = evaluate_transfer(run, target, p.vars["name"].as<std::string>(), err);
+  out << r.dir << "\n" << r.metrics.dump(2) << "\n";
   return 0;
 }
 

@@ -27,9 +27,14 @@ struct EvalSetup {
   std::string transform_tag;      // cache key of the test transform (corruption included)
   ViewMaker views;                // required for methods that adapt per sample
   std::string out_dir;            // confusion CSV and predictions go here ("" = none)
+  // When set, the method scores a larger label space and only these of its columns are
+  // the dataset's classes, in label order (ImageNet-A/R's 200 classes of an ImageNet-1k
+  // classifier: Dataset::parent_labels).
+  std::vector<int64_t> columns;
 };
 
-// Metrics of `items` (a split of setup.dataset). Writes confusion_<tag>.csv and
+// Metrics of `items` (a split of setup.dataset). Logits whose column count is not the
+// dataset's class count (after `columns`) are an error naming both counts. Writes confusion_<tag>.csv and
 // predictions_<tag>.jsonl into out_dir when asked.
 // The split is a stream (eval.order, eval.runs): an online method sees each run's order
 // from the state it had when evaluate() was called, and is left in that state; a method that does not carry state from image to image

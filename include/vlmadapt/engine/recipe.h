@@ -91,6 +91,9 @@ struct EvalOptions {
   StreamOrder order = StreamOrder::Shuffled;
   double dirichlet = 0.01;
   int runs = 1;
+  // Dataset recipes to evaluate the learned state on once the run is done (cross-dataset
+  // transfer, domain generalisation; transfer.h): each into <run>/transfer/<dataset>/.
+  std::vector<std::string> transfer;
   void bind(OptionSet& set);
 };
 

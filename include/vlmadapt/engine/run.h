@@ -24,6 +24,25 @@ struct RunSummary {
 // the run's latest epoch checkpoint.
 RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log);
 
+// A finished run folder as the commands that reuse its learned state read it (eval --run,
+// transfer, soup): its recipe, the classes its method was set up for, its state file.
+struct RunFolder {
+  std::string dir;
+  Recipe recipe;
+  std::vector<std::string> classnames;  // split.json's, after data.classes (base-to-new: the base half)
+  std::string state_file;               // <dir>/method.safetensors
+};
+// Throws vlmadapt::Error naming the folder when it is missing, not a run folder, or has
+// not finished.
+RunFolder read_run_folder(const std::string& dir);
+
+struct RunContext;
+// Evaluates the context's method as it is on `splits` of its task (confusion matrices
+// into `dir`); under base-to-new (data.classes = base) also on the new classes, giving
+// "base", "new" and "harmonic_mean". The method is set up for the task again after.
+nlohmann::json evaluate_context(RunContext& c, const std::string& dir, const std::vector<std::string>& splits,
+                                std::ostream& log);
+
 // Evaluates a finished run again on `split` (test, val), from its folder alone.
 nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log);
 

@@ -11,6 +11,7 @@
 #include <vlmadapt/backbone/clip.h>
 #include <vlmadapt/data/dataset.h>
 #include <vlmadapt/data/features.h>
+#include <vlmadapt/engine/evaluator.h>
 #include <vlmadapt/engine/recipe.h>
 
 namespace vlmadapt {
@@ -34,6 +35,10 @@ struct RunContext {
   // How frozen features of the test view are computed (eval batch size and workers).
   LoaderOptions test_loader() const;
 };
+
+// How the evaluator scores the context's method on `data` (one of its splits), writing
+// confusion matrices (and predictions) into `out_dir`.
+EvalSetup eval_setup(const RunContext& c, const Dataset& data, const std::string& out_dir);
 
 // The feature-cache tag of the test view: resolution and corruption.
 std::string test_transform_tag(const Recipe& recipe, int64_t n_px);

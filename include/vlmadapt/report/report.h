@@ -42,10 +42,14 @@ struct Run {
   long long seed = 0;
   std::map<std::string, double> values;  // metric name -> percent; test_top1 always present
   std::optional<StreamResult> stream;     // when metrics.json's test split has seconds_per_image
+  // Cross-dataset transfer and domain generalisation (engine/transfer.h): test top-1 of the
+  // run's state on each <dir>/transfer/<target>/ that holds a finished result.
+  std::map<std::string, double> transfers;
 };
 
 // Reads one run folder. Returns nullopt, with `*skipped` set to a line saying why, when
-// run.json's status is not "finished". Throws vlmadapt::Error naming the file when
+// run.json's status is not "finished", or when the folder is a transfer result (it is read
+// with its run, from <run>/transfer/). Throws vlmadapt::Error naming the file when
 // run.json or metrics.json is missing, not JSON, or lacks a needed key.
 std::optional<Run> read_run(const std::string& dir, std::string* skipped = nullptr);
 
@@ -70,8 +74,10 @@ struct Cell {
 // Sorted by dataset, method, shots, then metric_names() order.
 std::vector<Cell> aggregate(const std::vector<Run>& runs);
 
-// One "## <dataset>" section per dataset with a table per metric present (test top-1
-// first): rows = methods, columns = shots, cells "71.2 ± 0.4 (n=3)" ("71.2 (n=1)").
+// One "## <dataset>" section per dataset: for base-to-new runs first a table with base,
+// new and harmonic mean side by side (rows = method and shots), then a table per metric
+// present (test top-1 first): rows = methods, columns = shots, cells "71.2 ± 0.4 (n=3)"
+// ("71.2 (n=1)").
 std::string markdown(const std::vector<Cell>& cells);
 // Header dataset,method,shots,metric,mean,std,n; numbers with 4 decimals.
 std::string csv(const std::vector<Cell>& cells);
@@ -90,6 +96,17 @@ std::string plot_png(const std::vector<Cell>& cells, const std::string& dataset,
 // Writes report.md, report.csv and, per dataset, <dataset>_<metric>.svg/.png for every
 // metric it has, into `out_dir` (each file atomically). Returns the paths written.
 std::vector<std::string> write_report(const std::vector<Cell>& cells, const std::string& out_dir);
+
+// ---- cross-dataset transfer ----------------------------------------------------------
+
+// One "## <source dataset>" section per dataset whose runs have transfers: rows = method
+// (and recipe where a dataset has several) and shots, columns = the source's test top-1,
+// then each target's, cells mean ± std over seeds (n). Empty when no run has transfers.
+std::string transfer_markdown(const std::vector<Run>& runs);
+// Header source,method,shots,target,mean,std,n (target "source" is the run's own test).
+std::string transfer_csv(const std::vector<Run>& runs);
+// Writes transfer.md and transfer.csv into `out_dir` when a run has transfers; returns the paths.
+std::vector<std::string> write_transfer_report(const std::vector<Run>& runs, const std::string& out_dir);
 
 // ---- test-time adaptation ----------------------------------------------------------
 
