@@ -205,10 +205,10 @@ nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
 
 // One training step of a method on frozen features: median seconds over the timed steps
 // (after one warm-up step, which also makes the optimizer's buffers) and the largest
-// peak memory of a timed step above what was alive before it (MemoryMeter).
+// peak of CPU tensor bytes of a timed step above those alive before it (MemoryMeter).
 struct StepMeasure {
   double seconds = 0, loss = 0;
-  int64_t tensor_bytes = 0, rss_bytes = 0;
+  int64_t tensor_bytes = 0;
 };
 
 StepMeasure measure_step(Clip clip, const std::string& method, const std::map<std::string, std::string>& values,
@@ -234,7 +234,6 @@ StepMeasure measure_step(Clip clip, const std::string& method, const std::map<st
     if (rep == 0) continue;  // warm-up
     ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     m.tensor_bytes = std::max(m.tensor_bytes, meter.peak_tensor_bytes_above_start());
-    m.rss_bytes = std::max(m.rss_bytes, meter.peak_rss_bytes_above_start());
   }
   std::sort(ts.begin(), ts.end());
   m.seconds = ts[ts.size() / 2];
@@ -243,7 +242,7 @@ StepMeasure measure_step(Clip clip, const std::string& method, const std::map<st
 
 nlohmann::json step_json(const StepMeasure& m) {
   return {{"seconds_per_step", m.seconds}, {"peak_tensor_mb", static_cast<double>(m.tensor_bytes) / (1 << 20)},
-          {"peak_rss_step_mb", static_cast<double>(m.rss_bytes) / (1 << 20)}, {"loss", m.loss}};
+          {"loss", m.loss}};
 }
 
 // --method's step beside a CoOp step (its defaults: 16 context vectors) in the same process.
@@ -261,7 +260,6 @@ nlohmann::json bench_step(Clip clip, const BenchOptions& o) {
   for (const auto& [key, value] : values) out["set"][key] = value;
   out["coop"] = step_json(coop);
   out["tensor_memory_ratio"] = static_cast<double>(m.tensor_bytes) / static_cast<double>(std::max<int64_t>(1, coop.tensor_bytes));
-  out["rss_memory_ratio"] = static_cast<double>(m.rss_bytes) / static_cast<double>(std::max<int64_t>(1, coop.rss_bytes));
   out["time_ratio"] = m.seconds / coop.seconds;
   return out;
 }

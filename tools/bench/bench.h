@@ -25,9 +25,9 @@
 //           one step of the shared loop on a batch of 256
 //   step    one training step of any method on frozen features (--method, --batch random
 //           features, --n-cls classes; --set KEY=VALUE for its options) and one CoOp step
-//           (16 context vectors) in the same process: median seconds and peak memory of a
-//           step above what was alive before it, as CPU tensor bytes and as resident
-//           memory (bench/memory_meter.h), and the ratios to CoOp's
+//           (16 context vectors) in the same process: median seconds and the peak CPU
+//           tensor bytes of a step above those alive before it (bench/memory_meter.h),
+//           and the ratios to CoOp's
 #pragma once
 #include <string>
 #include <vector>

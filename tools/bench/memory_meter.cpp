@@ -1,10 +1,7 @@
 #include "bench/memory_meter.h"
 
 #include <algorithm>
-#include <atomic>
-#include <fstream>
 #include <mutex>
-#include <string>
 #include <unordered_map>
 
 #include <c10/core/CPUAllocator.h>
@@ -49,13 +46,6 @@ struct CountingAllocator final : c10::Allocator {
 };
 CountingAllocator g_allocator;
 
-int64_t status_kb(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
-  return 0;
-}
-
 }  // namespace
 
 MemoryMeter::MemoryMeter() : previous_(c10::GetCPUAllocator()) {
@@ -73,8 +63,6 @@ void MemoryMeter::start() {
     g_peak = g_current;
     start_tensor_bytes_ = g_current;
   }
-  std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM := VmRSS
-  start_rss_bytes_ = status_kb("VmRSS") * 1024;
 }
 
 int64_t MemoryMeter::peak_tensor_bytes() const {
@@ -86,8 +74,5 @@ int64_t MemoryMeter::tensor_bytes() const {
   return g_current;
 }
 int64_t MemoryMeter::peak_tensor_bytes_above_start() const { return peak_tensor_bytes() - start_tensor_bytes_; }
-int64_t MemoryMeter::peak_rss_bytes_above_start() const {
-  return std::max<int64_t>(0, status_kb("VmHWM") * 1024 - start_rss_bytes_);
-}
 
 }  // namespace vlmadapt
