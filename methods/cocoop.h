@@ -14,11 +14,13 @@
 //    every activation for the backward pass, about B times a CoOp step's. Here each image's
 //    text pass runs on its own (its prefix [SOT, ctx_i] once, the class suffixes shared:
 //    ClipImpl::encode_text_prefixed through the PromptLearner) and, with gradients, keeps
-//    no activations: the backward pass encodes that image's prompts again
-//    (PromptLearner::recompute) and backpropagates its slice of the gradient. A step then
-//    holds one image's text pass at a time, about one CoOp step's memory. Exact: the same
-//    operations run twice. cocoop.recompute = false keeps every image's graph instead (the
-//    official memory; the same logits and gradients).
+//    no activations beyond the first cocoop.kept_graphs images' (1): the backward pass
+//    encodes each other image's prompts again (PromptLearner::recompute) and
+//    backpropagates its slice of the gradient. A step then holds at most two images' text
+//    passes at a time, about a CoOp step's memory, whatever the batch; at the official
+//    batch of 1 nothing is encoded twice. Exact: the same operations, run twice; the
+//    price is one more forward pass per recomputed image (about half again its time). A
+//    kept_graphs of the batch size or more keeps every graph (the official memory).
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -31,7 +33,7 @@ namespace vlmadapt::methods {
 struct CocoopOptions {
   PromptLearnerOptions prompt;
   int64_t text_chunk = 0;  // classes per text-tower pass of an image; 0 = all
-  bool recompute = true;   // with gradients, encode each image again in backward instead of keeping its graph
+  int64_t kept_graphs = 1;  // images per step whose graphs are kept; the others are encoded again in backward
   CocoopOptions() {
     prompt.n_ctx = 4;
     prompt.ctx_init = "a photo of a";
@@ -42,9 +44,11 @@ struct CocoopOptions {
     s.add("ctx_init", prompt.ctx_init, "initialise the context from these words; empty = random (std init_std)");
     s.add("init_std", prompt.init_std, "std of the random initialisation").at_least(0);
     s.add("text_chunk", text_chunk, "classes per text-tower pass of an image (0 = all at once)").at_least(0);
-    s.add("recompute", recompute,
-          "with gradients, encode each image's prompts again in the backward pass instead of keeping their "
-          "activations (exact; false = the official code's memory, the batch size times a CoOp step's)");
+    s.add("kept_graphs", kept_graphs,
+          "images per step whose text-tower activations are kept for the backward pass; the others are encoded "
+          "again in the backward pass instead (exact). 0 = all again; the batch size or more = keep all, the "
+          "official code's memory (the batch size times one image's)")
+        .at_least(0);
   }
 };
 
@@ -70,7 +74,6 @@ class Cocoop : public Method {
       meta_net_->to(clip_->logit_scale().device());
     }
     learner_->chunk = options_.text_chunk;
-    learner_->recompute = options_.recompute;
     learner_->set_classes(task.classnames);
   }
 
@@ -86,11 +89,14 @@ class Cocoop : public Method {
     return learner_->ctx().unsqueeze(0) + meta_net_->forward(image).unsqueeze(1);
   }
 
-  // Text features [B,C,E] (not normalised) of each image's prompts, one image per pass, so
-  // that memory is one image's pass (with recompute, also in the backward pass).
+  // Text features [B,C,E] (not normalised) of each image's prompts, one image per pass;
+  // with gradients, images from kept_graphs on keep no activations (encoded again in backward).
   torch::Tensor image_text_features(const torch::Tensor& ctx) {
     std::vector<torch::Tensor> per_image;
-    for (int64_t i = 0; i < ctx.size(0); ++i) per_image.push_back(learner_->text_features(ctx[i]));
+    for (int64_t i = 0; i < ctx.size(0); ++i) {
+      learner_->recompute = i >= options_.kept_graphs;  // read as the image's pass is made
+      per_image.push_back(learner_->text_features(ctx[i]));
+    }
     return torch::stack(per_image);
   }
 

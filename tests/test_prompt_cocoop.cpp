@@ -63,9 +63,9 @@ std::unique_ptr<M> make(const O& options, uint64_t seed = 1) {
   return m;
 }
 
-CocoopOptions cocoop_options(bool recompute) {
+CocoopOptions cocoop_options(int64_t kept_graphs) {
   CocoopOptions o;
-  o.recompute = recompute;
+  o.kept_graphs = kept_graphs;
   return o;
 }
 
@@ -108,11 +108,15 @@ void expect_same_logits(const torch::Tensor& got, const torch::Tensor& expected,
   EXPECT_LT(diff, 1e-5) << what;
 }
 
-// CoCoOp's logits the official way: every image's prompts concatenated ([B*C,L,D]) and
-// encoded whole by encode_text_embeddings, one dot product per image.
+// CoCoOp's logits the official way, from its parameters: pi(x) = linear2(relu(linear1(x)))
+// on the normalised feature, added to every context token; every image's prompts
+// concatenated ([B*C,L,D]) and encoded whole by encode_text_embeddings; one dot product per image.
 torch::Tensor naive_cocoop_logits(Cocoop& m, const torch::Tensor& image_features) {
+  auto p = m.named_parameters(true);
   auto image = image_features / image_features.norm(2, -1, true);
-  auto ctx = m.conditional_ctx(image);
+  auto hidden = torch::relu(torch::matmul(image, p["meta_net.linear1.weight"].t()) + p["meta_net.linear1.bias"]);
+  auto pi = torch::matmul(hidden, p["meta_net.linear2.weight"].t()) + p["meta_net.linear2.bias"];  // [B,D]
+  auto ctx = p["prompt_learner.ctx"].unsqueeze(0) + pi.unsqueeze(1);                                 // [B,n_ctx,D]
   std::vector<torch::Tensor> embeddings, eots;
   for (int64_t i = 0; i < ctx.size(0); ++i) {
     auto [e, eot] = m.learner()->prompts(ctx[i]);
@@ -194,9 +198,10 @@ TEST(PromptMethods, LearnTheirOwnParametersOnlyAndLeaveTheClipUnchanged) {
 
 TEST(Cocoop, LogitsAndGradientsEqualTheNaiveConcatenatedPrompts) {
   auto b = batch(5, 4);
-  auto naive = make<Cocoop>(cocoop_options(false));
-  auto recompute = make<Cocoop>(cocoop_options(true));
-  auto kept = make<Cocoop>(cocoop_options(false));
+  auto naive = make<Cocoop>(CocoopOptions());
+  auto recompute = make<Cocoop>(cocoop_options(0));  // every image encoded again in backward
+  auto kept = make<Cocoop>(cocoop_options(5));       // every graph kept
+  auto mixed = make<Cocoop>(cocoop_options(2));      // images 0, 1 kept, 2-4 again
   {
     torch::NoGradGuard no_grad;  // the frozen passes (fused) against the module-by-module one
     expect_same_logits(recompute->logits(b), naive_cocoop_logits(*naive, b.image_features), "frozen passes");
@@ -208,14 +213,16 @@ TEST(Cocoop, LogitsAndGradientsEqualTheNaiveConcatenatedPrompts) {
   EXPECT_EQ(g_naive.size(), 5u);  // ctx and the meta-net's four tensors
   expect_same_gradients(g_naive, g_recompute, "recompute");
   expect_same_gradients(g_naive, g_kept, "graphs kept");
-  CocoopOptions chunked = cocoop_options(true);
+  expect_same_gradients(g_naive, gradients(*mixed, b, [&] { return mixed->logits(b); }), "2 graphs kept");
+  CocoopOptions chunked = cocoop_options(0);
   chunked.text_chunk = 3;  // 10 classes in passes of 3, 3, 3, 1
   auto c = make<Cocoop>(chunked);
   expect_same_gradients(g_naive, gradients(*c, b, [&] { return c->logits(b); }), "text_chunk 3");
 }
 
-// With recompute a step holds one image's text pass at a time: its peak memory stays near
-// a CoOp step's, while keeping every image's graph grows with the batch.
+// With recompute a step holds one image's text pass at a time (two with the default of one
+// kept graph): its peak memory stays near a CoOp step's, while keeping every image's graph
+// grows with the batch.
 TEST(Cocoop, RecomputeKeepsAStepsMemoryNearCoops) {
   auto b = batch(8, 5);
   auto step_peak = [&](Method& m) {
@@ -223,12 +230,15 @@ TEST(Cocoop, RecomputeKeepsAStepsMemoryNearCoops) {
     m.loss(b).backward();
     return meter.peak_tensor_bytes_above_start();
   };
-  auto recompute = make<Cocoop>(cocoop_options(true));
-  auto kept = make<Cocoop>(cocoop_options(false));
+  auto recompute = make<Cocoop>(cocoop_options(0));
+  auto one_kept = make<Cocoop>(CocoopOptions());
+  auto kept = make<Cocoop>(cocoop_options(8));
   auto coop = coop_with(recompute->learner()->ctx());
-  const int64_t r = step_peak(*recompute), k = step_peak(*kept), c = step_peak(*coop);
+  const int64_t r = step_peak(*recompute), o = step_peak(*one_kept), k = step_peak(*kept), c = step_peak(*coop);
   EXPECT_LT(r * 3, k) << "recompute " << r << " bytes, graphs kept " << k;
-  EXPECT_LE(r, 3 * c) << "recompute " << r << " bytes, CoOp " << c;
+  EXPECT_LT(o * 3, k) << "one graph kept " << o << " bytes, all kept " << k;
+  EXPECT_LE(r, 2 * c) << "recompute " << r << " bytes, CoOp " << c;
+  EXPECT_LE(o, 3 * c) << "one graph kept " << o << " bytes, CoOp " << c;
 }
 
 TEST(Cocoop, ZeroMetaNetOutputGivesCoopsLogits) {
@@ -336,6 +346,7 @@ TEST(PromptOptions, BadValuesGiveErrorsNamingTheKey) {
     return vt::error_of([&] { vlmadapt::make_method(method, {{key, value}}); });
   };
   EXPECT_NE(error("cocoop", "cocoop.n_ctx", "0").find("cocoop.n_ctx"), std::string::npos);
+  EXPECT_NE(error("cocoop", "cocoop.kept_graphs", "-1").find("cocoop.kept_graphs"), std::string::npos);
   EXPECT_NE(error("pre", "pre.n_ctx", "0").find("pre.n_ctx"), std::string::npos);
   EXPECT_NE(error("pre", "pre.bottleneck", "0").find("pre.bottleneck"), std::string::npos);
   const auto type = error("pre", "pre.module_type", "transformer");
