@@ -11,6 +11,7 @@
 #include <vlmadapt/adapt/prompts.h>
 #include <vlmadapt/backbone/checkpoint.h>
 
+#include "bench/bench.h"
 #include "bench/memory_meter.h"
 #include "methods/cocoop.h"
 #include "methods/coop.h"
@@ -357,4 +358,30 @@ TEST(PromptOptions, BadValuesGiveErrorsNamingTheKey) {
   o.prompt.ctx_init.clear();
   o.prompt.n_ctx = 0;
   EXPECT_NE(vt::error_of([&] { make<Cocoop>(o); }).find("n_ctx"), std::string::npos);
+}
+
+// vlmadapt bench step on the built-in model: the method's step beside CoOp's, options from --set.
+TEST(BenchStep, MeasuresAStepBesideCoopsWithTheMethodsOptions) {
+  vlmadapt::BenchOptions o;
+  o.task = "step";
+  o.arch = "default";
+  o.n_cls = 5;
+  o.batch = 4;
+  o.reps = 1;
+  o.method = "cocoop";
+  o.sets = {"cocoop.kept_graphs=0"};
+  const auto recomputed = vlmadapt::run_bench(o);
+  EXPECT_GT(recomputed.at("seconds_per_step").get<double>(), 0);
+  EXPECT_GT(recomputed.at("coop").at("peak_tensor_mb").get<double>(), 0);
+  EXPECT_NEAR(recomputed.at("tensor_memory_ratio").get<double>(),
+              recomputed.at("peak_tensor_mb").get<double>() / recomputed.at("coop").at("peak_tensor_mb").get<double>(),
+              1e-9);
+  EXPECT_EQ(recomputed.at("set").at("cocoop.kept_graphs"), "0");
+  o.sets = {"cocoop.kept_graphs=4"};  // every image's graph kept: more memory
+  EXPECT_GT(vlmadapt::run_bench(o).at("peak_tensor_mb").get<double>(), recomputed.at("peak_tensor_mb").get<double>());
+  o.sets = {"cocoop.kept_graphs"};
+  EXPECT_NE(vt::error_of([&] { vlmadapt::run_bench(o); }).find("not KEY=VALUE"), std::string::npos);
+  o.sets.clear();
+  o.method = "zeroshot";
+  EXPECT_NE(vt::error_of([&] { vlmadapt::run_bench(o); }).find("does not train"), std::string::npos);
 }
