@@ -14,8 +14,8 @@ int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ost
   po::options_description o("bench options");
   o.add_options()("task", po::value(&b.task)->required(), "encode, coop, tpt, epoch, tta, fit or step")
       ("arch", po::value(&b.arch)->default_value(b.arch), "architecture by name (random weights), or default")
-      ("n-cls", po::value(&b.n_cls)->default_value(b.n_cls), "classes (coop, tpt)")
-      ("batch", po::value(&b.batch)->default_value(b.batch), "images per step (encode, coop)")
+      ("n-cls", po::value(&b.n_cls)->default_value(b.n_cls), "classes (coop, tpt, step)")
+      ("batch", po::value(&b.batch)->default_value(b.batch), "images per step (encode, coop, step)")
       ("threads", po::value(&b.threads)->default_value(b.threads), "intra-op threads")
       ("reps", po::value(&b.reps)->default_value(b.reps), "timed repetitions (median) after one warm-up")
       ("shots", po::value(&b.shots)->default_value(b.shots), "images per class (epoch, fit)")
