@@ -247,7 +247,8 @@ torch::Tensor backward_graphs(const Graphs& g, const torch::Tensor& grad, int64_
 }
 
 // Text features of all classes with gradients to ctx. With one chunk (learner->chunk = 0 or
-// at least the class count) the graphs are kept for the backward pass. With several, the
+// at least the class count) and without learner->recompute, the graphs are kept for the
+// backward pass. With several chunks, or with recompute, the
 // forward pass keeps no activations (the fused inference pass) and the backward pass
 // encodes each chunk again with gradients and backpropagates its slice of the incoming
 // gradient, so memory stays that of one chunk whatever the number of classes. Exact either
@@ -259,7 +260,7 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
     actx->saved_data["ctx"] = ctx.detach().clone();
     actx->saved_data["learner"] = reinterpret_cast<int64_t>(learner);
     const int64_t c = learner->num_classes();
-    if (learner->chunk <= 0 || learner->chunk >= c) {
+    if (!learner->recompute && (learner->chunk <= 0 || learner->chunk >= c)) {
       Graphs g = encode_parts(learner, ctx, 0, c, true);
       actx->saved_data["leaves"] = g.leaves;
       actx->saved_data["outs"] = g.outs;
@@ -278,9 +279,9 @@ struct TextFeatures : torch::autograd::Function<TextFeatures> {
       return {backward_graphs(g, grad_out[0], 0, ctx, true), torch::Tensor()};
     }
     auto grad = torch::zeros_like(ctx);
-    const int64_t c = learner->num_classes();
-    for (int64_t s = 0; s < c; s += learner->chunk) {
-      const int64_t n = std::min(learner->chunk, c - s);
+    const int64_t c = learner->num_classes(), step = learner->chunk > 0 ? learner->chunk : c;
+    for (int64_t s = 0; s < c; s += step) {
+      const int64_t n = std::min(step, c - s);
       grad += backward_graphs(encode_parts(learner, ctx, s, n, true), grad_out[0], s, ctx, false);
     }
     return {grad, torch::Tensor()};

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <fstream>
 #include <functional>
+#include <map>
 
 #include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/data/dataset.h>
@@ -15,6 +16,7 @@
 #include <vlmadapt/engine/trainer.h>
 
 #include "backbone/fused_tower.h"
+#include "bench/memory_meter.h"
 
 namespace vlmadapt {
 namespace {
@@ -201,6 +203,67 @@ nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
   return out;
 }
 
+// One training step of a method on frozen features: median seconds over the timed steps
+// (after one warm-up step, which also makes the optimizer's buffers) and the largest
+// peak of CPU tensor bytes of a timed step above those alive before it (MemoryMeter).
+struct StepMeasure {
+  double seconds = 0, loss = 0;
+  int64_t tensor_bytes = 0;
+};
+
+StepMeasure measure_step(Clip clip, const std::string& method, const std::map<std::string, std::string>& values,
+                         const BenchOptions& o) {
+  Recipe recipe = coop_bench_recipe();
+  recipe.method = method;
+  recipe.method_values = values;
+  RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
+  const Contract contract = c.method->contract();
+  if (!contract.trains || contract.input != Input::Features)
+    throw Error("bench step: method " + method + " does not train on frozen features (contract)");
+  Trainer trainer(TrainerSetup{c.method.get(), clip, nullptr, recipe, "", nullptr});
+  auto optimizer = make_optimizer(recipe.train, c.method->trainable_parameters());
+  torch::manual_seed(1);  // the same batch for every method
+  const Batch b{{}, torch::randn({o.batch, clip->embed_dim()}), torch::randint(0, o.n_cls, {o.batch}, torch::kLong)};
+  StepMeasure m;
+  MemoryMeter meter;
+  std::vector<double> ts;
+  for (int rep = 0; rep <= o.reps; ++rep) {
+    meter.start();
+    const auto t0 = std::chrono::steady_clock::now();
+    m.loss = trainer.train_step(b, *optimizer);
+    if (rep == 0) continue;  // warm-up
+    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    m.tensor_bytes = std::max(m.tensor_bytes, meter.peak_tensor_bytes_above_start());
+  }
+  std::sort(ts.begin(), ts.end());
+  m.seconds = ts[ts.size() / 2];
+  return m;
+}
+
+nlohmann::json step_json(const StepMeasure& m) {
+  return {{"seconds_per_step", m.seconds}, {"peak_tensor_mb", static_cast<double>(m.tensor_bytes) / (1 << 20)},
+          {"loss", m.loss}};
+}
+
+// --method's step beside a CoOp step (its defaults: 16 context vectors) in the same process.
+nlohmann::json bench_step(Clip clip, const BenchOptions& o) {
+  std::map<std::string, std::string> values;
+  for (const auto& kv : o.sets) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos) throw Error("bench step: --set '" + kv + "' is not KEY=VALUE");
+    values[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  const StepMeasure coop = measure_step(clip, "coop", {}, o);
+  const StepMeasure m = measure_step(clip, o.method, values, o);
+  nlohmann::json out = step_json(m);
+  out["method"] = o.method;
+  for (const auto& [key, value] : values) out["set"][key] = value;
+  out["coop"] = step_json(coop);
+  out["tensor_memory_ratio"] = static_cast<double>(m.tensor_bytes) / static_cast<double>(std::max<int64_t>(1, coop.tensor_bytes));
+  out["time_ratio"] = m.seconds / coop.seconds;
+  return out;
+}
+
 // One CoOp epoch through the real loop, online and from cached views. Times come from the
 // trainer's hooks: the second epoch of each run is timed, and the cache build on its own.
 nlohmann::json bench_epoch(Clip clip, const BenchOptions& o) {
@@ -252,11 +315,12 @@ double peak_rss_mb() {
 }
 
 nlohmann::json run_bench(const BenchOptions& o) {
-  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch" && o.task != "tta" && o.task != "fit")
-    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt, epoch, tta or fit");
+  if (o.task != "encode" && o.task != "coop" && o.task != "tpt" && o.task != "epoch" && o.task != "tta" && o.task != "fit" &&
+      o.task != "step")
+    throw Error("bench: unknown task '" + o.task + "'; expected encode, coop, tpt, epoch, tta, fit or step");
   if (o.n_cls < 1 || o.batch < 1 || o.threads < 1 || o.reps < 1 || o.shots < 1 || o.feature_views < 1 || o.views < 1)
     throw Error("bench: --n-cls, --batch, --threads, --reps, --shots, --feature-views and --views must be at least 1");
-  if (o.task == "tta" || o.task == "fit") find_method(o.method);  // an unknown method: the error lists the known ones
+  if (o.task == "tta" || o.task == "fit" || o.task == "step") find_method(o.method);  // an unknown method: the error lists the known ones
   torch::set_num_threads(o.threads);
   torch::manual_seed(0);
   Clip clip = o.arch == "default" ? load_clip(resolve_checkpoint("default")) : random_clip(o.arch, 0);
@@ -265,6 +329,7 @@ nlohmann::json run_bench(const BenchOptions& o) {
                        : o.task == "tpt"  ? bench_tpt(clip, o)
                        : o.task == "tta"  ? bench_tta(clip, o)
                        : o.task == "fit"  ? bench_fit(clip, o)
+                       : o.task == "step" ? bench_step(clip, o)
                                           : bench_epoch(clip, o);
   out["task"] = o.task;
   out["arch"] = o.arch;

@@ -23,8 +23,14 @@
 //           --n-cls classes x --shots images (x its support views), with its searches on
 //           a validation split of min(shots, 4) per class; for a method that also trains,
 //           one step of the shared loop on a batch of 256
+//   step    one training step of any method on frozen features (--method, --batch random
+//           features, --n-cls classes; --set KEY=VALUE for its options) and one CoOp step
+//           (16 context vectors) in the same process: median seconds and the peak CPU
+//           tensor bytes of a step above those alive before it (bench/memory_meter.h),
+//           and the ratios to CoOp's
 #pragma once
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -33,7 +39,7 @@
 namespace vlmadapt {
 
 struct BenchOptions {
-  std::string task = "encode";  // encode | coop | tpt | epoch
+  std::string task = "encode";  // encode | coop | tpt | epoch | tta | fit | step
   std::string arch = "ViT-B/16";  // a named architecture (random weights), or "default" (the built-in model)
   int64_t n_cls = 100;
   int64_t batch = 32;
@@ -41,8 +47,9 @@ struct BenchOptions {
   int reps = 3;
   int shots = 16;          // epoch: images per class
   int feature_views = 8;   // epoch: cached augmented views per image
-  std::string method = "tda";  // tta, fit: the method
+  std::string method = "tda";  // tta, fit, step: the method
   int views = 64;          // tta: views per test image
+  std::vector<std::string> sets;  // step: the method's options, "cocoop.recompute=false"
 };
 
 // Runs one benchmark and returns its JSON line: perf_py.py's fields (images_per_s,

@@ -82,6 +82,11 @@ class PromptLearnerImpl : public torch::nn::Module {
   // again in the backward pass instead of keeping their activations, so memory for
   // 1000 classes stays that of one chunk (exact: the same operations run twice).
   int64_t chunk = 0;
+  // With gradients, keep no activations even when all classes fit in one chunk: the
+  // forward pass runs without graphs and the backward pass encodes again (`chunk`
+  // classes at a time, all when 0). For callers that hold many text passes in one step
+  // (CoCoOp: one per image), so that a step holds the activations of one pass only.
+  bool recompute = false;
 
  private:
   Clip clip_;
