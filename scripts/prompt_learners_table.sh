@@ -13,13 +13,12 @@ OUT=${OUT:-runs/prompt_learners}
 SEEDS=${SEEDS:-"1 2 3"}
 METHODS=${METHODS:-"coop cocoop pre kgcoop prograd maple promptsrc"}
 base=(--recipe recipes/datasets/fashion_mnist.ini)
-common=(data.classes=base data.shots=16)
 
 train() {  # name recipe [values...]
   local name=$1 recipe=$2
   shift 2
-  $VLM train "${base[@]}" --recipe "$recipe" --set output="$OUT" name="$name" force="${FORCE:-false}" \
-    "${common[@]}" "$@" >/dev/null
+  $VLM train "${base[@]}" --recipe "$recipe" --recipe recipes/protocols/base_to_new.ini \
+    --set output="$OUT" name="$name" force="${FORCE:-false}" "$@" >/dev/null
 }
 
 # What each method needs beyond its recipe on the built-in model.
