@@ -335,7 +335,9 @@ std::string Recipe::to_ini() const {
 MethodOptions Recipe::method_options() const {
   if (parsed_method && parsed_method->method() == method) return *parsed_method;
   MethodOptions options(method);
-  for (const auto& [key, value] : method_values) located("recipe", [&] { options.apply(key, value); });
+  // The pair is named, not bound: a lambda cannot capture a structured binding in C++17
+  // (clang 14, which builds the fuzzers, refuses it).
+  for (const auto& entry : method_values) located("recipe", [&] { options.apply(entry.first, entry.second); });
   return options;
 }
 
