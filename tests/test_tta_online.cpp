@@ -308,7 +308,9 @@ TEST(DmnMethod, WithoutMemoryWeightItIsZeroShotAndTheImageEntersMemory) {
   auto f = stream_views(text, 8);
   auto out = m->adapt_and_predict(views_batch(f));
   auto f0 = f[0] / f[0].norm();
-  EXPECT_TRUE(torch::allclose(out[0], torch::log_softmax(logit_scale() * torch::matmul(text, f0), -1), 1e-5, 1e-5));
+  // 1e-4: logits are 100 x a float cosine, so rounding alone reaches 1e-5 (the sanitized
+  // -O1 build of scripts/sanitize.sh differs from this by 3.3e-5).
+  EXPECT_TRUE(torch::allclose(out[0], torch::log_softmax(logit_scale() * torch::matmul(text, f0), -1), 1e-4, 1e-4));
   auto state = m->state();
   EXPECT_EQ(state.at("memory_counts").sum().item<int64_t>(), 1);
   const int64_t y = state.at("memory_counts").argmax().item<int64_t>();
