@@ -21,6 +21,7 @@
 #include "methods/tip_adapter.h"
 #include "methods/tip_adapter_f.h"
 #include "methods/zpe.h"
+#include "bench/bench.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -417,3 +418,20 @@ TEST(FitData, ChoicesDoNotDependOnTestLabels) {
 }
 
 }  // namespace
+
+// vlmadapt bench fit takes the method's options (--set), as bench step does.
+TEST(BenchFit, TakesTheMethodsOptions) {
+  vlmadapt::BenchOptions o;
+  o.task = "fit";
+  o.arch = "default";
+  o.n_cls = 5;
+  o.shots = 2;
+  o.reps = 1;
+  o.method = "lp_pp";
+  o.sets = {"lp_pp.iterations=3"};
+  const auto out = vlmadapt::run_bench(o);
+  EXPECT_LE(out.at("chosen").at("iteration").get<double>(), 3.0) << out;
+  EXPECT_EQ(out.at("set").at("lp_pp.iterations"), "3");
+  o.sets = {"lp_pp.iterations=0"};
+  EXPECT_NE(vlmadapt::testing::error_of([&] { vlmadapt::run_bench(o); }).find("lp_pp.iterations"), std::string::npos);
+}

@@ -172,9 +172,21 @@ nlohmann::json bench_tta(Clip clip, const BenchOptions& o) {
 // support views each), with a validation split of min(shots, 4) per class (what the
 // searches run on) and, for ZPE-style methods, 10 unlabelled test images per class.
 // Methods that also train report one step of the shared loop on a batch of 256.
+// --set KEY=VALUE ... as the method's recipe values.
+std::map<std::string, std::string> method_values(const BenchOptions& o) {
+  std::map<std::string, std::string> values;
+  for (const auto& kv : o.sets) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos) throw Error("bench: --set '" + kv + "' is not KEY=VALUE");
+    values[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return values;
+}
+
 nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
   Recipe recipe;
   recipe.method = o.method;
+  recipe.method_values = method_values(o);
   recipe.data.dataset = "bench";
   RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
   const Contract contract = c.method->contract();
@@ -191,6 +203,7 @@ nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
   nlohmann::json out = {{"method", o.method}, {"shots", o.shots}, {"support_rows", data.support.features.size(0)},
                         {"val_rows", data.val.features.size(0)}, {"fit_seconds", fit_seconds}};
   for (const auto& [key, value] : c.method->chosen()) out["chosen"][key] = value;
+  for (const auto& [key, value] : recipe.method_values) out["set"][key] = value;
   if (contract.trains) {
     TrainerSetup ts{c.method.get(), clip, &c.task, recipe, "", nullptr};
     Trainer trainer(ts);
@@ -247,12 +260,7 @@ nlohmann::json step_json(const StepMeasure& m) {
 
 // --method's step beside a CoOp step (its defaults: 16 context vectors) in the same process.
 nlohmann::json bench_step(Clip clip, const BenchOptions& o) {
-  std::map<std::string, std::string> values;
-  for (const auto& kv : o.sets) {
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos) throw Error("bench step: --set '" + kv + "' is not KEY=VALUE");
-    values[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
+  const auto values = method_values(o);
   const StepMeasure coop = measure_step(clip, "coop", {}, o);
   const StepMeasure m = measure_step(clip, o.method, values, o);
   nlohmann::json out = step_json(m);

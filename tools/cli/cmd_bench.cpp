@@ -23,7 +23,7 @@ int bench_main(const std::vector<std::string>& args, std::ostream& out, std::ost
        "cached augmented views per image (epoch)")
       ("method", po::value(&b.method)->default_value(b.method), "method (tta, fit, step)")
       ("views", po::value(&b.views)->default_value(b.views), "views per test image (tta)")
-      ("set", po::value(&b.sets)->multitoken()->composing(), "the method's options, KEY=VALUE ... (step)");
+      ("set", po::value(&b.sets)->multitoken()->composing(), "the method's options, KEY=VALUE ... (step, fit)");
   auto p = parse_args(args,
                       "vlmadapt bench TASK [--arch A] [--n-cls N] [--batch B] [--threads T] [--reps R]"
                       " [--shots K] [--feature-views V] [--method M] [--views V] [--set KEY=VALUE ...]",
