@@ -48,6 +48,22 @@ fs::path run_dir(const fs::path& dir, const std::string& method, const std::stri
   return dir / "runs" / "fashion_mnist" / method / (name + "_4shot") / "seed1";
 }
 
+// Each run of `recipe` killed at a point (VLMADAPT_KILL_AT) and resumed ends with the
+// method state `expected` (the uninterrupted run's), bit for bit.
+void expect_killed_runs_resume_to(const fs::path& dir, const std::string& method, const std::string& recipe,
+                                  const vlmadapt::TensorMap& expected, const std::vector<std::string>& points) {
+  for (const std::string& at : points) {
+    const std::string name = "killed_" + at.substr(0, at.find(':'));
+    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + recipe +
+                            " --set name=" + name + " > /dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
+    ASSERT_EQ(cli({"train", "--recipe", recipe, "--set", "name=" + name, "--resume"}), 0) << at;
+    const auto resumed = vlmadapt::read_safetensors((run_dir(dir, method, name) / "method.safetensors").string());
+    for (const auto& [key, t] : expected) EXPECT_TRUE(torch::equal(t, resumed.at(key))) << at << ": " << key;
+  }
+}
+
 TEST(Run, CoopEndToEnd) {
   auto dir = vt::temp_dir("run_coop");
   std::string log;
@@ -285,16 +301,8 @@ TEST(Run, TipAdapterFKilledAndResumedKeepsItsBestEpoch) {
   ASSERT_GE(best, 1) << chosen;
   // Killed right after the best epoch (its hook must be in that epoch's checkpoint), and
   // inside the next checkpoint.
-  for (const std::string at : {"epoch:" + std::to_string(best), "checkpoint:" + std::to_string(std::min(best + 1, 4))}) {
-    const std::string name = "killed_" + at.substr(0, at.find(':'));
-    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + straight +
-                            " --set name=" + name + " > /dev/null 2>&1";
-    const int status = std::system(cmd.c_str());
-    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
-    ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=" + name, "--resume"}), 0) << at;
-    const auto resumed = vlmadapt::read_safetensors((run_dir(dir, "tip_adapter_f", name) / "method.safetensors").string());
-    for (const auto& [key, t] : expected) EXPECT_TRUE(torch::equal(t, resumed.at(key))) << at << ": " << key;
-  }
+  expect_killed_runs_resume_to(dir, "tip_adapter_f", straight, expected,
+                               {"epoch:" + std::to_string(best), "checkpoint:" + std::to_string(std::min(best + 1, 4))});
   std::ostringstream o, e;
   ASSERT_EQ(vlmadapt::cli::run({"eval", "--run", run.string()}, o, e), 0) << e.str();
   EXPECT_NEAR(nlohmann::json::parse(o.str())["test"]["top1"].get<double>(), metrics_of(run)["test"]["top1"].get<double>(), 1e-9);
@@ -314,16 +322,7 @@ TEST(Run, PromptsrcKilledAndResumedAggregatesTheSame) {
   const auto expected = vlmadapt::read_safetensors((run / "method.safetensors").string());
   EXPECT_GT(expected.at("gpa.ctx").abs().sum().item<double>(), 0);
   EXPECT_TRUE(metrics_of(run).contains("harmonic_mean"));
-  for (const std::string at : {"epoch:2", "checkpoint:3"}) {
-    const std::string name = "killed_" + at.substr(0, at.find(':'));
-    const std::string cmd = "VLMADAPT_KILL_AT=" + at + " " + vt::cli_path() + " train --recipe " + straight +
-                            " --set name=" + name + " > /dev/null 2>&1";
-    const int status = std::system(cmd.c_str());
-    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << at << ": " << status;
-    ASSERT_EQ(cli({"train", "--recipe", straight, "--set", "name=" + name, "--resume"}), 0) << at;
-    const auto resumed = vlmadapt::read_safetensors((run_dir(dir, "promptsrc", name) / "method.safetensors").string());
-    for (const auto& [key, t] : expected) EXPECT_TRUE(torch::equal(t, resumed.at(key))) << at << ": " << key;
-  }
+  expect_killed_runs_resume_to(dir, "promptsrc", straight, expected, {"epoch:2", "checkpoint:3"});
   fs::remove_all(dir);
 }
 
