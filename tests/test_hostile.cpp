@@ -15,11 +15,13 @@
 #include <thread>
 
 #include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/safetensors.h>
 #include <vlmadapt/data/image.h>
 
 #include "backbone/torch_archive.h"
 #include "backbone/torch_pickle.h"
+#include "core/resources.h"
 #include "data/image_header.h"
 #include "test_util.h"
 
@@ -336,4 +338,17 @@ TEST(HostileCli, InfoExitsWithAMessageNeverASignal) {
     EXPECT_NE(r.output.find(name), std::string::npos) << r.output;
   }
   EXPECT_FALSE(fs::exists(kMarker));
+}
+
+// Gzip input (IDX files, a tokenizer's merges) is inflated up to a stated limit: a bomb
+// stops at the limit with an error naming the file, before it fills memory.
+TEST(Hostile, GunzipStopsAtItsLimitNamingTheFile) {
+  const std::string gz = vlmadapt::read_file((vt::source_dir() / "third_party/clip/bpe_simple_vocab_16e6.txt.gz").string());
+  const std::string whole = vlmadapt::resources::gunzip(gz, "vocab.gz");
+  ASSERT_GT(whole.size(), 1000000u);
+  EXPECT_EQ(vlmadapt::resources::gunzip(gz, "vocab.gz", whole.size()), whole);  // exactly at the limit: fine
+  const auto message = vt::error_of([&] { vlmadapt::resources::gunzip(gz, "vocab.gz", whole.size() - 1); });
+  EXPECT_NE(message.find("vocab.gz: decompresses to more than " + std::to_string(whole.size() - 1) + " bytes"),
+            std::string::npos)
+      << message;
 }

@@ -473,7 +473,7 @@ Tokenizer::Tokenizer() {
 Tokenizer::Tokenizer(const std::string& merges_path) {
   std::string data = read_file(merges_path);
   if (data.size() >= 2 && data[0] == '\x1f' && data[1] == '\x8b')
-    data = resources::gunzip(data, merges_path);
+    data = resources::gunzip(data, merges_path, size_t(64) << 20);  // CLIP's merges: 1.6 MB
   impl_ = std::make_shared<Impl>(data, merges_path);
 }
 

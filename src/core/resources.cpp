@@ -18,7 +18,7 @@ VLMADAPT_INCBIN(vlmadapt_imagenet_json, "imagenet_prompts.json")
 
 namespace vlmadapt::resources {
 
-std::string gunzip(std::string_view gz, const std::string& what) {
+std::string gunzip(std::string_view gz, const std::string& what, size_t max_bytes) {
   z_stream zs{};
   if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw Error("gunzip: zlib init failed for " + what);
   zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data()));
@@ -33,6 +33,10 @@ std::string gunzip(std::string_view gz, const std::string& what) {
     if (rc != Z_OK && rc != Z_STREAM_END) {
       inflateEnd(&zs);
       throw Error(what + ": not a valid gzip stream (zlib error " + std::to_string(rc) + ")");
+    }
+    if (out.size() + (sizeof buf - zs.avail_out) > max_bytes) {
+      inflateEnd(&zs);
+      throw Error(what + ": decompresses to more than " + std::to_string(max_bytes) + " bytes, the limit (a gzip bomb?)");
     }
     out.append(buf, sizeof buf - zs.avail_out);
     if (rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0) {

@@ -1,6 +1,7 @@
 // Files built into the library (third_party/clip), so that nothing has to be
 // found on disk at run time.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -12,7 +13,8 @@ const std::string& bpe_merges();
 std::string_view datasets_prompts_json();
 std::string_view imagenet_prompts_json();
 
-// gunzip a buffer; throws vlmadapt::Error naming `what` on corrupt input.
-std::string gunzip(std::string_view gz, const std::string& what);
+// gunzip a buffer; throws vlmadapt::Error naming `what` on corrupt input, or once the
+// output would pass `max_bytes` (a gzip bomb inflates about 1000:1; nothing is kept past it).
+std::string gunzip(std::string_view gz, const std::string& what, size_t max_bytes = SIZE_MAX);
 
 }  // namespace vlmadapt::resources

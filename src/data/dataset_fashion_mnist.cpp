@@ -30,8 +30,11 @@ uint32_t be32(const std::string& b, size_t at) {
   return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
 }
 
+// The largest IDX file decompressed: Fashion-MNIST's and MNIST's are under 50 MB.
+constexpr size_t kMaxIdxBytes = size_t(1) << 30;
+
 std::string gunzip_file(const std::string& path) {
-  return resources::gunzip(read_file(path), path);
+  return resources::gunzip(read_file(path), path, kMaxIdxBytes);
 }
 
 }  // namespace
