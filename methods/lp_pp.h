@@ -76,7 +76,12 @@ class LpPp : public fewshot::TextAdapter {
 
  private:
   torch::Tensor forward(const torch::Tensor& f, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& alpha) const {
-    return torch::addmm(b, f, w.t()) + alpha * f.mm(classifier_.t());
+    return scores(f, w, b, alpha, f.mm(classifier_.t()));
+  }
+  // The same with the text cosines f·Tᵀ given (training holds them: they do not change).
+  static torch::Tensor scores(const torch::Tensor& f, const torch::Tensor& w, const torch::Tensor& b,
+                              const torch::Tensor& alpha, const torch::Tensor& text_cos) {
+    return torch::addmm(b, f, w.t()) + alpha * text_cos;
   }
 
   void train(const torch::Tensor& f, const torch::Tensor& y, const torch::Tensor& val_f, const torch::Tensor& val_y) {
@@ -95,6 +100,7 @@ class LpPp : public fewshot::TextAdapter {
     const double lr_alpha = n / (4.0 * text_cos.pow(2).sum(0).max().item<double>());
     w.requires_grad_(true), b.requires_grad_(true), alpha.requires_grad_(true);
     auto buf_w = torch::zeros_like(w), buf_b = torch::zeros_like(b), alpha_grad_sum = torch::zeros_like(alpha);
+    const auto val_cos = val_f.defined() ? val_f.mm(classifier_.t()) : torch::Tensor();
     double best = -1;
     int64_t kept = options_.iterations;
     auto keep = [&](int64_t it) {
@@ -102,7 +108,7 @@ class LpPp : public fewshot::TextAdapter {
       kept = it;
     };
     for (int64_t it = 1; it <= options_.iterations; ++it) {
-      auto loss = torch::nn::functional::cross_entropy(forward(f, w, b, alpha), y);
+      auto loss = torch::nn::functional::cross_entropy(scores(f, w, b, alpha, text_cos), y);
       auto grads = torch::autograd::grad({loss}, {w, b, alpha});
       torch::NoGradGuard no_grad;
       // SGD with momentum (PyTorch's: buf = 0.9 buf + g, the first buf = g).
@@ -112,7 +118,7 @@ class LpPp : public fewshot::TextAdapter {
       alpha_grad_sum += grads[2];
       if (it % options_.alpha_every == 0) alpha.sub_(lr_alpha * (options_.cumulative_alpha_grad ? alpha_grad_sum : grads[2]));
       if (val_f.defined()) {
-        const double acc = fewshot::accuracy(forward(val_f, w, b, alpha), val_y);
+        const double acc = fewshot::accuracy(scores(val_f, w, b, alpha, val_cos), val_y);
         if (acc >= best) best = acc, keep(it);
       }
     }
