@@ -73,12 +73,12 @@ class ClipLora : public Method {
       texts.push_back(fill_template(options_.templ, name));
     }
     tokens_ = task.tokenizer.tokenize(texts, clip_->config().context_length, true).to(clip_->logit_scale().device());
+    cached_text_ = torch::Tensor();
   }
 
   torch::Tensor logits(const Batch& batch) override {
     HooksScope scope(*clip_, hooks());
-    auto text = clip_->encode_text(tokens_);
-    return cosine_logits(clip_, clip_->encode_image(batch.pixels), text / text.norm(2, -1, true));
+    return cosine_logits(clip_, clip_->encode_image(batch.pixels), text_features());
   }
 
   // The weight modifiers for the current factors: W + s * B * A on each adapted matrix.
@@ -115,6 +115,17 @@ class ClipLora : public Method {
   }
 
  private:
+  // Normalised class features through the adapted text tower; without autograd cached
+  // until a factor changes (evaluation batches share them). Called inside the hooks' scope.
+  torch::Tensor text_features() {
+    const bool frozen = !torch::GradMode::is_enabled();
+    if (frozen && cached_text_.defined() && cached_version_ == parameters_version(*this)) return cached_text_;
+    auto text = clip_->encode_text(tokens_);
+    text = text / text.norm(2, -1, true);
+    if (frozen) cached_text_ = text, cached_version_ = parameters_version(*this);
+    return text;
+  }
+
   struct Part {
     int64_t row;  // 0, 1, 2 for q, k, v of in_proj_weight; -1 for a whole matrix
     torch::Tensor a, b;
@@ -156,6 +167,8 @@ class ClipLora : public Method {
   Clip clip_{nullptr};
   std::map<std::string, std::vector<Part>> updates_;  // by the adapted weight's name
   torch::Tensor tokens_;
+  torch::Tensor cached_text_;  // text_features() without autograd
+  int64_t cached_version_ = -1;
 };
 
 VLMADAPT_REGISTER_METHOD(ClipLora, ClipLoraOptions, "clip_lora",

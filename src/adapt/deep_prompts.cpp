@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <vlmadapt/core/error.h>
+#include <vlmadapt/adapt/prompts.h>
 
 namespace vlmadapt {
 
@@ -104,23 +105,17 @@ TowerHooks DeepPromptLearnerImpl::hooks() {
   return h;
 }
 
-int64_t DeepPromptLearnerImpl::version() const {
-  int64_t v = 0;
-  for (const auto& p : parameters()) v += p._version();
-  return v;
-}
-
 torch::Tensor DeepPromptLearnerImpl::text_features() {
   if (!tokens_.defined()) throw Error("DeepPromptLearner: set_classes() was not called");
   const bool frozen = !torch::GradMode::is_enabled();
-  if (frozen && cached_text_.defined() && cached_version_ == version()) return cached_text_;
+  if (frozen && cached_text_.defined() && cached_version_ == parameters_version(*this)) return cached_text_;
   auto features = [&] {
     HooksScope scope(*clip_, hooks());
     return clip_->encode_text(tokens_);
   }();
   if (frozen) {
     cached_text_ = features;
-    cached_version_ = version();
+    cached_version_ = parameters_version(*this);
   }
   return features;
 }

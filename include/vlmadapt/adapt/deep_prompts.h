@@ -61,7 +61,6 @@ class DeepPromptLearnerImpl : public torch::nn::Module {
   torch::Tensor tokens_;       // [C,L] token ids of the prompts
   torch::Tensor cached_text_;
   int64_t cached_version_ = -1;
-  int64_t version() const;
 };
 TORCH_MODULE(DeepPromptLearner);
 

@@ -34,6 +34,15 @@ torch::Tensor template_text_features(Clip& clip, const Tokenizer& tokenizer, con
 struct TaskContext;
 std::vector<std::string> resolve_templates(const std::vector<std::string>& asked, const TaskContext& task);
 
+// The sum of the version counters of a module's parameters: it changes whenever one is
+// written in place (an optimizer step, load_state), so derived tensors such as text
+// features can be cached under it between evaluation batches.
+inline int64_t parameters_version(const torch::nn::Module& module) {
+  int64_t v = 0;
+  for (const auto& p : module.parameters()) v += p._version();
+  return v;
+}
+
 // exp(logit_scale) * normalise(image) @ classifier^T, with the classifier already normalised.
 torch::Tensor cosine_logits(Clip& clip, const torch::Tensor& image_features, const torch::Tensor& classifier);
 
