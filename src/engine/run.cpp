@@ -23,6 +23,8 @@ namespace {
 
 void write_json(const fs::path& p, const json& j) { write_file_atomic(p.string(), j.dump(2) + "\n"); }
 
+}  // namespace
+
 json read_json(const fs::path& p) {
   try {
     return json::parse(read_file(p.string()));
@@ -30,8 +32,6 @@ json read_json(const fs::path& p) {
     throw Error(p.string() + ": not valid JSON (" + e.what() + ")");
   }
 }
-
-}  // namespace
 
 json evaluate_context(RunContext& c, const std::string& dir, const std::vector<std::string>& splits, std::ostream& log) {
   json metrics;

@@ -21,14 +21,6 @@ namespace {
 
 std::string shape_text(const torch::Tensor& t) { return c10::str(t.sizes()); }
 
-json read_json(const fs::path& p) {
-  try {
-    return json::parse(read_file(p.string()));
-  } catch (const json::exception& e) {
-    throw Error(p.string() + ": not valid JSON (" + e.what() + ")");
-  }
-}
-
 // Same keys, shapes and dtypes, or an error naming the state, the key and the shapes.
 void check_same_keys(const TensorMap& a, const TensorMap& b, const std::string& an, const std::string& bn) {
   for (const auto& [key, t] : b)

@@ -5,6 +5,7 @@
 // checkpoint/, metrics.json, confusion_*.csv, run.json.
 #pragma once
 #include <iosfwd>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,10 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log);
 
 // A finished run folder as the commands that reuse its learned state read it (eval --run,
 // transfer, soup): its recipe, the classes its method was set up for, its state file.
+// A run folder's JSON file (run.json, split.json, metrics.json); throws vlmadapt::Error
+// naming the file when it cannot be read or parsed.
+nlohmann::json read_json(const std::filesystem::path& path);
+
 struct RunFolder {
   std::string dir;
   Recipe recipe;
