@@ -67,12 +67,7 @@ class ClipLora : public Method {
   void setup(const TaskContext& task) override {
     clip_ = task.clip;
     if (updates_.empty()) build();
-    std::vector<std::string> texts;
-    for (auto name : task.classnames) {
-      std::replace(name.begin(), name.end(), '_', ' ');
-      texts.push_back(fill_template(options_.templ, name));
-    }
-    tokens_ = task.tokenizer.tokenize(texts, clip_->config().context_length, true).to(clip_->logit_scale().device());
+    tokens_ = task.tokenizer.tokenize(class_prompts(options_.templ, task.classnames), clip_->config().context_length, true).to(clip_->logit_scale().device());
     cached_text_ = torch::Tensor();
   }
 

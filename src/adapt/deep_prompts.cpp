@@ -80,11 +80,7 @@ DeepPromptLearnerImpl::DeepPromptLearnerImpl(Clip clip, const Tokenizer& tokeniz
 }
 
 void DeepPromptLearnerImpl::set_classes(const std::vector<std::string>& classnames) {
-  std::vector<std::string> texts;
-  for (auto name : classnames) {
-    std::replace(name.begin(), name.end(), '_', ' ');
-    texts.push_back(prompt_words_.empty() ? name + "." : prompt_words_ + " " + name + ".");
-  }
+  const auto texts = class_prompts(prompt_words_.empty() ? "{}." : prompt_words_ + " {}.", classnames);
   tokens_ = tokenizer_.tokenize(texts, clip_->config().context_length, true).to(clip_->logit_scale().device());
   cached_text_ = torch::Tensor();
 }

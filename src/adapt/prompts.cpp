@@ -86,6 +86,12 @@ std::string underscores_to_spaces(std::string s) {
 }
 }  // namespace
 
+std::vector<std::string> class_prompts(const std::string& templ, const std::vector<std::string>& classnames) {
+  std::vector<std::string> out;
+  for (const auto& name : classnames) out.push_back(fill_template(templ, underscores_to_spaces(name)));
+  return out;
+}
+
 PromptLearnerImpl::PromptLearnerImpl(Clip clip, const Tokenizer& tokenizer, const PromptLearnerOptions& options,
                                      int64_t num_classes_for_csc)
     : clip_(std::move(clip)), tokenizer_(tokenizer), options_(options) {
@@ -129,7 +135,7 @@ void PromptLearnerImpl::set_classes(const std::vector<std::string>& classnames) 
   for (const auto& raw : classnames) {
     const auto name = underscores_to_spaces(raw);
     name_lens_.push_back(static_cast<int64_t>(tokenizer_.encode(name).size()));
-    texts.push_back(prefix_text_ + " " + name + ".");
+    texts.push_back(prefix_text_ + " " + name + (options_.period ? "." : ""));
   }
   torch::NoGradGuard no_grad;
   auto device = clip_->logit_scale().device();

@@ -140,7 +140,14 @@ void DataOptions::bind(OptionSet& set) {
            "methods, e.g. retrieved or generated ones as CapS-Adapter; folder names match class names ('_' as ' ', "
            "any case), another name is an error; \"\" = none")
       .add("support_mode", support_mode, "add: the support folder's images join the few-shot train images; replace: they are the support set",
-           {"add", "replace"});
+           {"add", "replace"})
+      .add("paradigm", paradigm,
+           "which labels a run may use: supervised; ssl (data.shots labelled per class, the rest of the train split "
+           "unlabelled); ul (no labels); trzsl (transductive zero-shot: the seen classes labelled, the unseen ones' "
+           "images unlabelled, H of seen and unseen accuracy reported)",
+           {"supervised", "ssl", "ul", "trzsl"})
+      .add("seen_fraction", seen_fraction, "trzsl: the share of classes that are seen (the paper's 0.62)")
+      .add("unlabelled_limit", unlabelled_limit, ">0: a seeded subset of this many unlabelled images").at_least(0);
 }
 
 Dataset open_dataset(const DataOptions& options) {
@@ -231,6 +238,12 @@ void save_split(const Dataset& dataset, const std::string& path) {
   j["train"] = items_json(dataset, dataset.train);
   j["val"] = items_json(dataset, dataset.val);
   j["test"] = items_json(dataset, dataset.test);
+  if (!dataset.unlabelled.empty()) {  // refs only: their labels are withheld
+    json refs = json::array();
+    for (const Item& it : dataset.unlabelled) refs.push_back(it.ref);
+    j["unlabelled"] = refs;
+    j["unlabelled_classes"] = dataset.unlabelled_classes;
+  }
   write_file_atomic(path, j.dump(1) + "\n");
 }
 
@@ -300,6 +313,22 @@ Dataset load_split(const Dataset& full, const std::string& path) {
   out.train = read_saved_items(j, "train", path, full, out.classnames, known);
   out.val = read_saved_items(j, "val", path, full, out.classnames, known);
   out.test = read_saved_items(j, "test", path, full, out.classnames, known);
+  out.unlabelled.clear();
+  out.unlabelled_classes.clear();
+  if (j.contains("unlabelled")) {
+    for (const auto& ref : string_list(j, path, "unlabelled")) {
+      if (!known.count(ref)) throw Error(path + ": unlabelled image '" + ref + "' is not in dataset " + full.name);
+      out.unlabelled.push_back({ref, -1});
+    }
+    try {
+      out.unlabelled_classes = j.at("unlabelled_classes").get<std::vector<int64_t>>();
+    } catch (const json::exception&) {
+      throw Error(path + ": expected \"unlabelled_classes\", a list of class indices");
+    }
+    for (int64_t c : out.unlabelled_classes)
+      if (c < 0 || c >= int64_t(out.classnames.size()))
+        throw Error(path + ": unlabelled class " + std::to_string(c) + " out of range");
+  }
   out.parent_labels.clear();
   if (j.contains("parent_labels")) {
     try {

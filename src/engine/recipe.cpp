@@ -46,6 +46,7 @@ void TrainOptions::bind(OptionSet& set) {
       .add("autocast", autocast, "mixed precision (CUDA only)")
       .add("scale_min", scale_min, "RandomResizedCrop scale lower bound").range(0, 1)
       .add("flip", flip, "random horizontal flips")
+      .add("augment", augment, "augment training images (random resized crops, flips); false = CLIP's test view")
       .add("feature_views", feature_views,
            ">0: cache frozen features of this many augmented views per image").at_least(0)
       .add("selection", selection,

@@ -9,6 +9,7 @@
 #include <vlmadapt/data/corruption.h>
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/engine/evaluator.h>
+#include <vlmadapt/engine/pseudolabels.h>
 #include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/engine/trainer.h>
@@ -33,17 +34,40 @@ json read_json(const fs::path& p) {
   }
 }
 
+std::pair<double, double> seen_unseen_top1(const std::vector<std::vector<int64_t>>& rows,
+                                           const std::vector<int64_t>& unseen_classes) {
+  std::vector<bool> unseen(rows.size(), false);
+  for (int64_t c : unseen_classes) unseen.at(static_cast<size_t>(c)) = true;
+  double hit[2] = {0, 0}, total[2] = {0, 0};
+  for (size_t c = 0; c < rows.size(); ++c) {
+    const int g = unseen[c] ? 1 : 0;
+    hit[g] += static_cast<double>(rows[c][c]);
+    for (int64_t n : rows[c]) total[g] += static_cast<double>(n);
+  }
+  return {total[0] > 0 ? 100.0 * hit[0] / total[0] : 0.0, total[1] > 0 ? 100.0 * hit[1] / total[1] : 0.0};
+}
+
 json evaluate_context(RunContext& c, const std::string& dir, const std::vector<std::string>& splits, std::ostream& log) {
   json metrics;
+  std::vector<std::vector<int64_t>> test_confusion;
   for (const auto& split : splits) {
     const auto& items = c.task.split(split);
     if (items.empty()) continue;
     auto m = evaluate(eval_setup(c, c.task, dir), items, split);
     metrics[split] = m;
+    if (split == "test") test_confusion = m.confusion;
     log << split << ": top-1 " << m.top1 << "% over " << m.count << " images";
     if (m.run_top1.size() > 1)
       log << " (mean of " << m.run_top1.size() << " stream orders, std " << m.top1_std << ", worst 10% " << m.tail_top1 << ")";
     log << ", " << m.seconds_per_image << " s per image\n";
+  }
+  if (!c.task.unlabelled_classes.empty() && metrics.contains("test")) {  // transductive zero-shot
+    const auto [seen, unseen] = seen_unseen_top1(test_confusion, c.task.unlabelled_classes);
+    metrics["seen"] = seen;
+    metrics["unseen"] = unseen;
+    metrics["harmonic_mean"] = harmonic_mean(seen, unseen);
+    log << "seen classes: top-1 " << seen << "%, unseen: " << unseen << "%, harmonic mean "
+        << metrics["harmonic_mean"].get<double>() << "\n";
   }
   if (c.recipe.data.classes == "base" && metrics.contains("test")) {  // base-to-new: the same method on the new classes
     Dataset fresh = sample_few_shot(c.full, 0, 0, static_cast<uint64_t>(c.recipe.data.seed));
@@ -127,7 +151,7 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   TrainerSetup ts{c.method.get(), c.clip, &c.task, recipe, (dir / "checkpoint").string(), c.cache.get()};
   Trainer trainer(ts);
   t0 = std::chrono::steady_clock::now();
-  const double loss = trainer.train(resume);
+  const double loss = c.method->contract().pseudolabels ? train_in_rounds(c, dir.string(), resume, log) : trainer.train(resume);
   run["train_seconds"] = seconds_since(t0);
   write_safetensors((dir / "method.safetensors").string(), c.method->state());
 

@@ -85,7 +85,9 @@ RunContext open_run_context(const Recipe& recipe, const std::string& split_file)
   Dataset full = open_full(recipe.data);
   const bool saved = !split_file.empty() && fs::exists(split_file);
   Dataset few = saved ? load_split(full, split_file)
-                      : sample_few_shot(full, recipe.data.shots, recipe.data.val_shots, static_cast<uint64_t>(recipe.data.seed));
+                      : apply_paradigm(full, sample_few_shot(full, recipe.data.shots, recipe.data.val_shots,
+                                                             static_cast<uint64_t>(recipe.data.seed)),
+                                       recipe.data);
   if (!saved && !split_file.empty()) save_split(few, split_file);
   std::string checkpoint;
   Clip clip = load_model(recipe.model, &checkpoint);

@@ -16,6 +16,7 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/run_context.h>
 
 #include "core/seeded.h"
 
@@ -29,7 +30,8 @@ double learning_rate(const TrainOptions& o, int64_t epoch, int64_t epochs) {
     return o.warmup_lr;
   }
   if (o.scheduler == Scheduler::Constant) return o.lr;
-  return o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch - warm) / static_cast<double>(epochs)));
+  const int64_t span = o.scheduler == Scheduler::WarmupCosine ? std::max<int64_t>(1, epochs - warm) : epochs;
+  return o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch - warm) / static_cast<double>(span)));
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, std::vector<torch::Tensor> params) {
@@ -69,6 +71,15 @@ void set_rng_state(const torch::Tensor& state) {
 
 Trainer::Trainer(TrainerSetup setup) : s_(std::move(setup)) {
   epochs_ = s_.recipe.train.epochs_for(s_.recipe.data.shots, s_.recipe.data.dataset);
+  if (s_.dataset)  // null for callers that only take single steps (the bench)
+    for (const Item& it : s_.dataset->train) has_pseudo_ = has_pseudo_ || it.pseudo;
+}
+
+torch::Tensor Trainer::pseudo_flags(const std::vector<int64_t>& positions) const {
+  auto flags = torch::empty({static_cast<int64_t>(positions.size())}, torch::kBool);
+  auto* out = flags.data_ptr<bool>();
+  for (size_t i = 0; i < positions.size(); ++i) out[i] = s_.dataset->train.at(static_cast<size_t>(positions[i])).pseudo;
+  return flags;
 }
 
 LoaderOptions Trainer::loader_options(int64_t epoch) const {
@@ -78,7 +89,7 @@ LoaderOptions Trainer::loader_options(int64_t epoch) const {
   o.batch_size = t.batch_size;
   o.shuffle = true;
   o.drop_last = static_cast<int64_t>(s_.dataset->train.size()) >= t.batch_size;  // as Dassl
-  o.augment = true;
+  o.augment = t.augment;
   o.augmentation.size = o.n_px;
   o.augmentation.scale_min = t.scale_min;
   o.augmentation.flip = t.flip;
@@ -137,8 +148,8 @@ double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimize
 // Fault injection for the resume tests: VLMADAPT_KILL_AT=<where>:<n> dies like a killed
 // process (SIGKILL) at that point: "step:N" after the N-th step of the run (mid-epoch),
 // "checkpoint:N" in the middle of epoch N's checkpoint (its state written, not committed),
-// "epoch:N" after epoch N is committed.
-static void kill_point(const char* where, int64_t n) {
+// "epoch:N" after epoch N is committed; "round:N" after pseudolabel round N is committed.
+void kill_point(const char* where, int64_t n) {
   static const std::string at = [] {
     const char* v = std::getenv("VLMADAPT_KILL_AT");
     return std::string(v ? v : "");
@@ -167,7 +178,9 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
   int64_t steps = 0;
   for (PixelBatch pb; loader.next(pb);) {
     total += located_step(epoch, steps, [&] {
-      return train_step(method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device)), optimizer);
+      Batch batch = method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device));
+      if (has_pseudo_) batch.pseudo = pseudo_flags(pb.indices).to(device);
+      return train_step(batch, optimizer);
     });
     ++steps;  // not inside the call below: argument evaluation order is unspecified
     progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
@@ -179,7 +192,7 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
 // Opt-in: every image has V cached augmented views; an epoch draws one per image.
 double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
   const auto device = s_.clip->logit_scale().device();
-  const int64_t n = static_cast<int64_t>(s_.dataset->train.size()), views = s_.recipe.train.feature_views;
+  const int64_t n = static_cast<int64_t>(s_.dataset->train.size()), views = cached_views_;
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(seeded::mix(s_.recipe.data.seed, epoch, 0xC0FFEE));
@@ -189,12 +202,15 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
   double total = 0;
   int64_t steps = 0;
   for (int64_t start = 0; start < usable; start += bs) {
-    std::vector<int64_t> rows;
-    for (int64_t i = start; i < std::min(start + bs, usable); ++i)
+    std::vector<int64_t> rows, images;
+    for (int64_t i = start; i < std::min(start + bs, usable); ++i) {
       rows.push_back(static_cast<int64_t>(seeded::below(rng, views)) * n + order[i]);
+      images.push_back(order[i]);
+    }
     auto index = torch::tensor(rows, torch::kLong);
     Batch batch{{}, view_features_.features.index_select(0, index).to(device),
                 view_features_.labels.index_select(0, index).to(device)};
+    if (has_pseudo_) batch.pseudo = pseudo_flags(images).to(device);
     total += located_step(epoch, steps, [&] { return train_step(batch, optimizer); });
     ++steps;
   }
@@ -209,17 +225,31 @@ double Trainer::train(bool resume) {
     throw Error("train.feature_views: this method runs the image tower itself; cached views do not apply");
   auto optimizer = make_optimizer(s_.recipe.train, params);
   int64_t start = resume ? load_checkpoint(*optimizer) : 0;
+  if (s_.recipe.train.feature_views > 0 && !s_.recipe.train.augment)
+    throw Error("train.feature_views: cached augmented views contradict train.augment = false");
   if (s_.recipe.train.feature_views > 0) {
     auto o = loader_options(0);
     o.batch_size = s_.recipe.eval.batch_size;
     view_features_ = augmented_view_features(s_.clip, *s_.dataset, s_.dataset->train, o, s_.recipe.train.feature_views, s_.cache);
+    cached_views_ = s_.recipe.train.feature_views;
     if (on_views_cached) on_views_cached();
+  } else if (!s_.recipe.train.augment && s_.method->contract().input == Input::Features) {
+    // Without augmentation every epoch sees the same frozen features: computed (or read
+    // from the cache) once, as the evaluator's.
+    auto o = loader_options(0);
+    o.augment = false;
+    o.shuffle = false;
+    o.batch_size = s_.recipe.eval.batch_size;
+    const std::string tag = test_transform_tag(s_.recipe, s_.clip->image_resolution());
+    view_features_ = s_.cache ? s_.cache->features(s_.clip, *s_.dataset, s_.dataset->train, o, tag)
+                              : compute_features(s_.clip, *s_.dataset, s_.dataset->train, o);
+    cached_views_ = 1;
   }
   double loss = resumed_loss_;  // a finished run resumed again keeps the loss it recorded
   s_.method->on_train_begin(epochs_);
   for (int64_t epoch = start; epoch < epochs_; ++epoch) {
     set_lr(*optimizer, learning_rate(s_.recipe.train, epoch, epochs_));
-    loss = s_.recipe.train.feature_views > 0 ? run_cached_epoch(epoch, *optimizer) : run_epoch(epoch, *optimizer);
+    loss = cached_views_ > 0 ? run_cached_epoch(epoch, *optimizer) : run_epoch(epoch, *optimizer);
     s_.method->on_epoch_end(epoch, epochs_);  // before the checkpoint, which then holds what it changed
     save_checkpoint(epoch, *optimizer, loss);
     if (on_epoch_end) on_epoch_end(epoch, loss);

@@ -26,6 +26,9 @@
 //   5. training when contract().trains: on_train_begin, then per step loss() -> backward
 //      -> after_backward() -> optimizer step, on_epoch_end() after each epoch (before
 //      its checkpoint, so that what the hook changes is saved with it), on_train_end();
+//      With contract().pseudolabels the training runs in rounds (engine/pseudolabels.h):
+//      per round, pseudolabel_logits() over the unlabelled images, on_round_begin(), then
+//      the loop above on the labelled and pseudolabelled images;
 //   6. evaluation: logits() per batch, or, when the method adapts, on_stream_begin(),
 //      adapt_and_predict() per test image in stream order, on_stream_end().
 #pragma once
@@ -91,6 +94,10 @@ struct Contract {
   // fit(): also the test images' features, without labels (ZPE's test-mean correction:
   // transductive, label-free).
   bool unlabelled_test = false;
+  // Trains in rounds on the labelled images plus pseudolabels of the unlabelled ones
+  // (data.paradigm ssl | ul | trzsl; engine/pseudolabels.h); the hooks below say how many
+  // rounds and pseudolabels.
+  bool pseudolabels = false;
   bool adapts() const { return adaptation != Adaptation::None; }
 };
 
@@ -127,6 +134,15 @@ struct Batch {
   torch::Tensor pixels;          // [B,3,R,R]
   torch::Tensor image_features;  // [B,E], not normalised
   torch::Tensor labels;          // [B] int64 (training and evaluation)
+  torch::Tensor pseudo;          // [B] bool: the label is a pseudolabel; undefined when none is
+};
+
+// One round of pseudolabel training (contract().pseudolabels), as on_round_begin sees it.
+struct PseudolabelRound {
+  int64_t round = 0, rounds = 1;
+  int64_t labelled = 0;        // labelled training images
+  int64_t pseudolabelled = 0;  // pseudolabelled ones (an image may hold several classes)
+  std::string paradigm;        // data.paradigm: ssl | ul | trzsl
 };
 
 class Method : public torch::nn::Module {
@@ -160,6 +176,15 @@ class Method : public torch::nn::Module {
   virtual void on_stream_begin() {}
   virtual void on_stream_end() {}
   virtual void on_state_loaded() {}  // re-derive members from the loaded state
+
+  // contract().pseudolabels: rounds of training, the pseudolabels per class of a round
+  // (of `unlabelled` images over `classes` candidate classes), the logits they are chosen
+  // by before round `round` (the model after the previous round; round 0's is the
+  // method's zero-shot start), and the start of each round.
+  virtual int64_t pseudolabel_rounds() const { return 1; }
+  virtual int64_t pseudolabels_per_class(int64_t round, int64_t unlabelled, int64_t classes) const { return 16; }
+  virtual torch::Tensor pseudolabel_logits(const Batch& batch, int64_t round) { return logits(batch); }
+  virtual void on_round_begin(const PseudolabelRound& round) {}
 
   // Saved state: every registered parameter and buffer.
   TensorMap state();

@@ -15,6 +15,8 @@ namespace vlmadapt {
 
 // "a photo of a {}." with the class name in place of {} (appended when there is no {}).
 std::string fill_template(const std::string& templ, const std::string& classname);
+// The template filled with each class name, '_' read as ' ' ("sea_lion" -> "a photo of a sea lion.").
+std::vector<std::string> class_prompts(const std::string& templ, const std::vector<std::string>& classnames);
 
 // Zero-shot classifier weights [C,E]: per class, the L2-normalised text features of each
 // template, averaged and renormalised (CLIP's ensembling). One template gives its
@@ -64,6 +66,7 @@ struct PromptLearnerOptions {
   // words' embeddings last; the prompt reads "X ... X <init words> <class>." (BPE tokens of
   // the init words past the n_ctx-th stay fixed). Off: CoOp's rule, n_ctx = the word count.
   bool pad_init = false;
+  bool period = true;  // the prompt ends in "." after the class name (CoOp); Menghini et al.'s does not
 };
 
 // CoOp's prompt learner: prompts = [SOT, ctx_1..ctx_M, class tokens, ".", EOT] as token

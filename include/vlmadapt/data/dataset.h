@@ -14,6 +14,7 @@ namespace vlmadapt {
 struct Item {
   std::string ref;    // a path relative to the dataset root, or an in-memory id ("train/17")
   int64_t label = 0;
+  bool pseudo = false;  // the label is a pseudolabel (training rounds on unlabelled images)
 };
 
 struct Dataset {
@@ -27,6 +28,11 @@ struct Dataset {
   // ImageNet-1k index of each label, so a 1000-way classifier can be evaluated on them.
   // Empty when the labels are not a view of another label space.
   std::vector<int64_t> parent_labels;
+  // data.paradigm ssl | ul | trzsl: the train images whose labels a run may not use
+  // (their labels are -1), and the classes they may belong to (transductive zero-shot:
+  // the unseen ones; empty = every class). Empty for supervised runs.
+  std::vector<Item> unlabelled;
+  std::vector<int64_t> unlabelled_classes;
 
   const std::vector<Item>& split(const std::string& name) const;  // "train", "val", "test"
 };
@@ -46,6 +52,10 @@ struct DataOptions {
   int workers = 2;              // decoding/augmentation threads
   std::string support;          // a folder of extra labelled images for the support set of training-free methods
   std::string support_mode = "add";  // add | replace: with the few-shot train images, or instead of them
+  // Which labels a run may use (apply_paradigm): supervised | ssl | ul | trzsl.
+  std::string paradigm = "supervised";
+  double seen_fraction = 0.62;  // trzsl: the share of classes that are seen (labelled)
+  int unlabelled_limit = 0;     // >0: a seeded subset of this many unlabelled images
   void bind(OptionSet& set);
 };
 
@@ -77,6 +87,16 @@ Dataset open_support_folder(const std::string& folder, const std::vector<std::st
 // Every image under `folder` (recursively, sorted), unlabelled, in `test` (ZPE's
 // pretraining-distribution images). `key` names the option in errors.
 Dataset open_image_folder(const std::string& folder, const std::string& key);
+
+// data.paradigm over a drawn few-shot split `few` of `full` (Menghini et al. 2023,
+// specs/METHODS.md §9.5): supervised keeps it; ssl keeps its `shots` labelled images per
+// class and makes the rest of full's train split unlabelled; ul makes the whole train
+// split unlabelled (no labelled image); trzsl draws floor(seen_fraction * C) seen classes
+// with the seed, keeps the train images of those (all of them with shots = 0) and makes
+// the unseen classes' train images unlabelled. The validation split is emptied under
+// ssl, ul and trzsl: its labels are what these paradigms do not have. Unlabelled images
+// keep full's order (a seeded subset of data.unlabelled_limit of them).
+Dataset apply_paradigm(const Dataset& full, Dataset few, const DataOptions& options);
 
 // The drawn split as JSON (refs and labels of train/val/test, class names), and back.
 void save_split(const Dataset& dataset, const std::string& path);

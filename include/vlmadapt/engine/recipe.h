@@ -27,7 +27,9 @@
 namespace vlmadapt {
 
 enum class Optimizer { Sgd, Adam, AdamW };
-enum class Scheduler { Cosine, Constant };
+// cosine: lr (1 + cos(pi (e - w) / E)) / 2 over all E epochs (CoOp's); warmup_cosine: over
+// the E - w epochs after the warmup (Menghini et al.'s WarmupCosineSchedule).
+enum class Scheduler { Cosine, WarmupCosine, Constant };
 enum class Warmup { Constant, Linear, None };
 inline const std::vector<std::pair<Optimizer, std::string>>& enum_names(Optimizer) {
   static const std::vector<std::pair<Optimizer, std::string>> n{
@@ -35,7 +37,8 @@ inline const std::vector<std::pair<Optimizer, std::string>>& enum_names(Optimize
   return n;
 }
 inline const std::vector<std::pair<Scheduler, std::string>>& enum_names(Scheduler) {
-  static const std::vector<std::pair<Scheduler, std::string>> n{{Scheduler::Cosine, "cosine"}, {Scheduler::Constant, "constant"}};
+  static const std::vector<std::pair<Scheduler, std::string>> n{
+      {Scheduler::Cosine, "cosine"}, {Scheduler::WarmupCosine, "warmup_cosine"}, {Scheduler::Constant, "constant"}};
   return n;
 }
 inline const std::vector<std::pair<Warmup, std::string>>& enum_names(Warmup) {
@@ -68,6 +71,7 @@ struct TrainOptions {
   bool autocast = false;               // CUDA only
   double scale_min = 0.08;             // RandomResizedCrop scale lower bound
   bool flip = true;
+  bool augment = true;                 // false: train on CLIP's test view (no crops, no flips)
   int feature_views = 0;               // >0: opt-in cache of frozen features over this many
                                        // augmented views per image (changes augmentation semantics)
   Selection selection = Selection::Val;  // what searches may use: the validation split, or nothing

@@ -45,8 +45,15 @@ struct RunContext;
 // Evaluates the context's method as it is on `splits` of its task (confusion matrices
 // into `dir`); under base-to-new (data.classes = base) also on the new classes, giving
 // "base", "new" and "harmonic_mean". The method is set up for the task again after.
+// Under transductive zero-shot (data.paradigm = trzsl), "seen", "unseen" and their
+// "harmonic_mean" over the test split's classes (generalised: every class is a candidate).
 nlohmann::json evaluate_context(RunContext& c, const std::string& dir, const std::vector<std::string>& splits,
                                 std::ostream& log);
+
+// Top-1 (percent) of the rows of a confusion matrix [true][predicted] whose class is not
+// in `unseen_classes`, and of those that are.
+std::pair<double, double> seen_unseen_top1(const std::vector<std::vector<int64_t>>& confusion,
+                                           const std::vector<int64_t>& unseen_classes);
 
 // Evaluates a finished run again on `split` (test, val), from its folder alone.
 nlohmann::json evaluate_run(const std::string& run_dir, const std::string& split, std::ostream& log);

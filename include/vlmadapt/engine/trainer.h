@@ -20,10 +20,14 @@ double learning_rate(const TrainOptions& options, int64_t epoch, int64_t epochs)
 // The optimizer of train.optimizer (sgd, adam, adamw) over `params`.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& options, std::vector<torch::Tensor> params);
 
+// Fault injection for the resume tests (VLMADAPT_KILL_AT=<where>:<n>): dies as a killed
+// process (SIGKILL) when `where`:`n` is the point named.
+void kill_point(const char* where, int64_t n);
+
 struct TrainerSetup {
   Method* method = nullptr;
   Clip clip{nullptr};
-  const Dataset* dataset = nullptr;  // the few-shot split: its train items are trained on
+  const Dataset* dataset = nullptr;  // the few-shot split: its train items are trained on (null: train_step only)
   Recipe recipe;
   std::string checkpoint_dir;        // "<run>/checkpoint"; "" = no checkpoints
   FeatureCache* cache = nullptr;     // for the opt-in cached augmented views
@@ -53,10 +57,14 @@ class Trainer {
   void save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss);
   int64_t load_checkpoint(torch::optim::Optimizer& optimizer);
   LoaderOptions loader_options(int64_t epoch) const;
+  // Batch::pseudo of the train items at `positions`.
+  torch::Tensor pseudo_flags(const std::vector<int64_t>& positions) const;
 
   TrainerSetup s_;
   int64_t epochs_;
-  FeatureSet view_features_;  // [N*V,E] when train.feature_views > 0
+  FeatureSet view_features_;  // [N*V,E] cached views of the train items (V = cached_views_)
+  int64_t cached_views_ = 0;  // train.feature_views, or 1 (the test view) without augmentation, or 0
+  bool has_pseudo_ = false;   // some train items carry pseudolabels
 };
 
 }  // namespace vlmadapt
