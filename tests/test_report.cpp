@@ -111,10 +111,23 @@ TEST(Report, BaseNewAndHarmonicMean) {
   EXPECT_NE(csv.find("dtd,cocoop,16,harmonic_mean,62.3333,"), std::string::npos) << csv;
   // base, new and H side by side, then one table per metric
   const std::string md = rp::markdown(cells);
-  EXPECT_NE(md.find("| cocoop | 16-shot | 81.0 ± 1.4 (n=2) | 70.0 ± 0.0 (n=2) | 62.3 ± 17.4 (n=2) |"), std::string::npos)
+  EXPECT_NE(md.find("| cocoop | 16-shot | 81.0 ± 1.4 (n=2) | 70.0 ± 0.0 (n=2) | - | - | 62.3 ± 17.4 (n=2) |"),
+            std::string::npos)
       << md;
-  EXPECT_LT(md.find("| method | shots | base | new | H |"), md.find("test top-1 accuracy")) << md;
+  EXPECT_LT(md.find("| method | shots | base | new | seen | unseen | H |"), md.find("test top-1 accuracy")) << md;
   EXPECT_EQ(count(md, "| method |"), 5u);
+}
+
+// Transductive zero-shot runs (data.paradigm = trzsl) give seen, unseen and their H as numbers.
+TEST(Report, SeenUnseenAndTheirHarmonicMean) {
+  const fs::path root = vt::temp_dir("report_trzsl") / "runs";
+  json m = test_top1(60);
+  m["seen"] = 80.0;
+  m["unseen"] = 40.0;
+  m["harmonic_mean"] = 2 * 80.0 * 40 / 120;
+  make_run(root, "fashion_mnist", "pseudolabel", 0, 1, m);
+  const std::string md = rp::markdown(rp::aggregate(rp::collect_runs({root.string()}).runs));
+  EXPECT_NE(md.find("| pseudolabel | zero-shot | - | - | 80.0 (n=1) | 40.0 (n=1) | 53.3 (n=1) |"), std::string::npos) << md;
 }
 
 // Seconds per run: fitting plus training from run.json, two decimals (fits take hundredths).

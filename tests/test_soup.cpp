@@ -222,7 +222,7 @@ TEST_F(Soup, OfBaseToNewRunsHasBaseNewAndHarmonicMean) {
   // the report shows them side by side
   std::string report;
   ASSERT_EQ(cli({"report", "--out", (dir / "report").string(), out.string()}, &report), 0) << report;
-  EXPECT_NE(report.find("| method | shots | base | new | H |"), std::string::npos) << report;
+  EXPECT_NE(report.find("| method | shots | base | new | seen | unseen | H |"), std::string::npos) << report;
 }
 
 }  // namespace

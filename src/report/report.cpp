@@ -24,7 +24,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::vector<std::string>& metric_names() {
-  static const std::vector<std::string> names = {"test_top1", "base_top1", "new_top1", "harmonic_mean", "run_seconds"};
+  static const std::vector<std::string> names = {"test_top1",   "base_top1",     "new_top1",
+                                                         "seen_top1",   "unseen_top1",   "harmonic_mean",
+                                                         "run_seconds"};
   return names;
 }
 
@@ -32,7 +34,9 @@ std::string metric_title(const std::string& metric) {
   if (metric == "test_top1") return "test top-1 accuracy (%)";
   if (metric == "base_top1") return "base-class top-1 accuracy (%)";
   if (metric == "new_top1") return "new-class top-1 accuracy (%)";
-  if (metric == "harmonic_mean") return "harmonic mean of base and new (%)";
+  if (metric == "seen_top1") return "seen-class top-1 accuracy, transductive zero-shot (%)";
+  if (metric == "unseen_top1") return "unseen-class top-1 accuracy, transductive zero-shot (%)";
+  if (metric == "harmonic_mean") return "harmonic mean of base and new, or of seen and unseen (%)";
   if (metric == "run_seconds")
     return "seconds per run: fitting and training (not the support set's frozen features, which are cached and shared "
            "by the methods; not the evaluation)";
@@ -125,7 +129,7 @@ StreamResult read_stream_result(const json& test, const std::string& path) {
 void read_metrics(Run& run, const std::string& path) {
   const json m = parse_json_file(path);
   run.values["test_top1"] = need_number(need(need(m, "test", path), "top1", path + " \"test\""), "test.top1", path);
-  for (const char* split : {"base", "new"})
+  for (const char* split : {"base", "new", "seen", "unseen"})
     if (m.is_object() && m.contains(split))
       run.values[std::string(split) + "_top1"] = split_top1(m.at(split), split, path);
   if (m.contains("harmonic_mean"))
@@ -353,14 +357,16 @@ std::vector<const Cell*> select(const std::vector<Cell>& cells, const std::strin
 std::string base_new_table(const std::vector<Cell>& cells, const std::string& dataset) {
   std::map<std::pair<std::string, int>, std::map<std::string, const Cell*>> rows;
   for (const auto& c : cells)
-    if (c.dataset == dataset && (c.metric == "base_top1" || c.metric == "new_top1" || c.metric == "harmonic_mean"))
+    if (c.dataset == dataset && (c.metric == "base_top1" || c.metric == "new_top1" || c.metric == "seen_top1" ||
+                                 c.metric == "unseen_top1" || c.metric == "harmonic_mean"))
       rows[{c.method, c.shots}][c.metric] = &c;
   if (rows.empty()) return "";
-  std::string out = "\nbase-to-new: top-1 % on the base classes, on the new classes, and H (harmonic mean of base and "
-                    "new, averaged over seeds)\n\n| method | shots | base | new | H |\n|---|---|---|---|---|\n";
+  std::string out = "\nbase-to-new and transductive zero-shot: top-1 % on the base and the new classes, or on the seen "
+                    "and the unseen ones, and H (their harmonic mean, averaged over seeds)\n\n"
+                    "| method | shots | base | new | seen | unseen | H |\n|---|---|---|---|---|---|---|\n";
   for (const auto& [key, by_metric] : rows) {
     out += "| " + md_escape(key.first) + " | " + shots_header(key.second) + " |";
-    for (const char* metric : {"base_top1", "new_top1", "harmonic_mean"}) {
+    for (const char* metric : {"base_top1", "new_top1", "seen_top1", "unseen_top1", "harmonic_mean"}) {
       auto it = by_metric.find(metric);
       out += " " + (it == by_metric.end() ? std::string("-") : md_cell(*it->second)) + " |";
     }
