@@ -388,3 +388,18 @@ TEST(PseudolabelRounds, TransductiveZeroShotReportsTheHarmonicMeanAndNeedsUnlabe
   EXPECT_NE(log.find("data.paradigm = supervised gives none"), std::string::npos) << log;
   fs::remove_all(dir);
 }
+
+// train.augment = false trains on the cached test-view features of every train item,
+// however the item count falls into evaluation batches (40 items in batches of 16: the
+// last batch is partial and must not be dropped).
+TEST(PseudolabelRounds, TrainingWithoutAugmentationSeesEveryItemsFeatures) {
+  const auto dir = vt::temp_dir("no_augment");
+  const auto recipe = round_recipe(dir);
+  std::string log;
+  ASSERT_EQ(cli({"train", "--recipe", recipe, "--set", "name=coop", "method=coop", "data.paradigm=supervised",
+                 "data.shots=4", "eval.batch_size=16", "coop.n_ctx=4"}, &log), 0) << log;
+  const auto run = dir / "runs" / "fashion_mnist" / "coop" / "coop_4shot" / "seed1";
+  const auto m = nlohmann::json::parse(vlmadapt::read_file((run / "run.json").string()));
+  EXPECT_GT(m["final_loss"].get<double>(), 0);
+  fs::remove_all(dir);
+}

@@ -239,6 +239,7 @@ double Trainer::train(bool resume) {
     auto o = loader_options(0);
     o.augment = false;
     o.shuffle = false;
+    o.drop_last = false;  // every item's features, not whole batches only
     o.batch_size = s_.recipe.eval.batch_size;
     const std::string tag = test_transform_tag(s_.recipe, s_.clip->image_resolution());
     view_features_ = s_.cache ? s_.cache->features(s_.clip, *s_.dataset, s_.dataset->train, o, tag)
