@@ -80,8 +80,10 @@ class ClipLora : public Method {
   TowerHooks hooks() const {
     TowerHooks h;
     const double scale = options_.alpha / std::sqrt(static_cast<double>(options_.rank));
-    for (const auto& [weight, parts] : updates_)
-      h.modifiers[weight] = [parts, scale](const torch::Tensor& w) {
+    // The pair is named, not bound: a lambda cannot capture a structured binding in C++17
+    // (clang 14, which builds the fuzzers, refuses it).
+    for (const auto& entry : updates_)
+      h.modifiers[entry.first] = [parts = entry.second, scale](const torch::Tensor& w) {
         if (parts.size() == 1 && parts[0].row < 0) return w + scale * parts[0].b.mm(parts[0].a);
         const int64_t d = w.size(0) / 3;  // in_proj_weight: q, k, v rows
         std::vector<torch::Tensor> rows{w.narrow(0, 0, d), w.narrow(0, d, d), w.narrow(0, 2 * d, d)};

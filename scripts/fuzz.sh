@@ -20,7 +20,7 @@ SECONDS_PER_TARGET=${1:-60}
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
 JOBS=${JOBS:-$(nproc)}
 NICE=${NICE:-}
-ALL_TARGETS="safetensors torch_save torchscript torch_pickle hf_config recipe coop_split idx tokenizer image"
+ALL_TARGETS=$(cd tests/fuzz && ls fuzz_*.cpp | sed 's/^fuzz_//; s/\.cpp$//' | tr '\n' ' ')
 TARGETS=${TARGETS:-$ALL_TARGETS}
 # Limits of one input: a reader must refuse a hostile size before allocating it, so an
 # allocation over 1 GiB, a process over 2 GiB or an input taking 10 s is a finding.

@@ -15,13 +15,18 @@
 #include <thread>
 
 #include <vlmadapt/backbone/checkpoint.h>
+#include <vlmadapt/backbone/tokenizer.h>
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/safetensors.h>
+#include <vlmadapt/data/dataset.h>
 #include <vlmadapt/data/image.h>
+#include <vlmadapt/engine/recipe.h>
 
+#include "backbone/hf_keys.h"
 #include "backbone/torch_archive.h"
 #include "backbone/torch_pickle.h"
 #include "core/resources.h"
+#include "data/dataset_readers.h"
 #include "data/image_header.h"
 #include "test_util.h"
 
@@ -351,4 +356,89 @@ TEST(Hostile, GunzipStopsAtItsLimitNamingTheFile) {
   EXPECT_NE(message.find("vocab.gz: decompresses to more than " + std::to_string(whole.size() - 1) + " bytes"),
             std::string::npos)
       << message;
+}
+
+// ---- Text readers: files over their size limit are refused before they are read ---------
+
+namespace {
+
+// A file of `size` zero bytes that takes no disk space (the limits are 1 MiB to 256 MiB).
+std::string sparse_file(const fs::path& p, uint64_t size) {
+  std::ofstream(p, std::ios::binary).put('\0');
+  fs::resize_file(p, size);
+  return p.string();
+}
+
+}  // namespace
+
+TEST(HostileLimits, BoundedReadNamesTheFileAndTheLimit) {
+  const auto dir = vt::temp_dir("hostile_read_limit");
+  write(dir / "ten", "0123456789");
+  EXPECT_EQ(vlmadapt::read_file((dir / "ten").string(), 10, "a test file"), "0123456789");  // at the limit
+  expect_error([&] { vlmadapt::read_file((dir / "ten").string(), 9, "a test file"); },
+               {(dir / "ten").string(), "10 bytes", "more than the limit of 9 bytes for a test file"});
+  const std::string big = sparse_file(dir / "big", (uint64_t(1) << 30) + 1);
+  expect_error([&] { vlmadapt::read_file(big, uint64_t(1) << 30, "a test file"); },
+               {big, "1073741825 bytes", "limit of 1024 MiB"});
+  // A device has no size: reading stops past the limit.
+  expect_error([&] { vlmadapt::read_file("/dev/zero", uint64_t(1) << 20, "a test file"); },
+               {"/dev/zero", "limit of 1 MiB for a test file"});
+  fs::remove_all(dir);
+}
+
+TEST(HostileLimits, DatasetFilesOverTheirLimitAreRefusedNamingTheFile) {
+  using vlmadapt::detail::kMaxLinesFileBytes;
+  using vlmadapt::detail::kMaxSplitFileBytes;
+  const auto dir = vt::temp_dir("hostile_dataset_limits");
+  vlmadapt::DataOptions coop;
+  coop.dataset = "oxford_pets";
+  coop.split_file = sparse_file(dir / "split_zhou_OxfordPets.json", kMaxSplitFileBytes + 1);
+  expect_error([&] { vlmadapt::open_dataset(coop); }, {coop.split_file, "limit of 256 MiB for a CoOp split file"});
+
+  vlmadapt::DataOptions list;
+  list.dataset = "list";
+  list.split_file = (dir / "images.txt").string();
+  write(list.split_file, "a.png,0\n");
+  list.classnames_file = sparse_file(dir / "classnames.txt", kMaxLinesFileBytes + 1);
+  expect_error([&] { vlmadapt::open_dataset(list); }, {list.classnames_file, "limit of 64 MiB"});
+  write(list.classnames_file, "cat\n");
+  sparse_file(list.split_file, kMaxSplitFileBytes + 1);
+  expect_error([&] { vlmadapt::open_dataset(list); }, {list.split_file, "limit of 256 MiB for a list of images"});
+
+  write(list.split_file, "a.png,0\n");
+  const vlmadapt::Dataset full = vlmadapt::open_dataset(list);
+  const std::string saved = sparse_file(dir / "split.json", kMaxSplitFileBytes + 1);
+  expect_error([&] { vlmadapt::load_split(full, saved); }, {saved, "limit of 256 MiB for a saved split"});
+  fs::remove_all(dir);
+}
+
+TEST(HostileLimits, RecipesAreBoundedInSizeAndInFilesRead) {
+  const auto dir = vt::temp_dir("hostile_recipe_limits");
+  const std::string big = sparse_file(dir / "big.ini", vlmadapt::kMaxRecipeBytes + 1);
+  expect_error([&] { vlmadapt::load_recipe({big}); }, {big, "limit of 1 MiB for a recipe file"});
+  write(dir / "includes_big.ini", "include = big.ini\n");
+  expect_error([&] { vlmadapt::load_recipe({(dir / "includes_big.ini").string()}); },
+               {"includes_big.ini", big, "limit of 1 MiB"});
+
+  // A diamond: d0 includes d1 twice, d1 includes d2 twice, ...: no cycle, but 2^9 reads.
+  for (int i = 0; i < 9; ++i) {
+    const std::string next = "d" + std::to_string(i + 1) + ".ini";
+    write(dir / ("d" + std::to_string(i) + ".ini"), "include = " + next + "|" + next + "\n");
+  }
+  write(dir / "d9.ini", "[train]\nlr = 0.5\n");
+  expect_error([&] { vlmadapt::load_recipe({(dir / "d0.ini").string()}); },
+               {dir.string(), ": include ", "more than the limit of 256 recipe files read for one recipe"});
+  // Ending at d5 the same diamond reads 1 + 2 + ... + 32 = 63 files.
+  write(dir / "d5.ini", "[train]\nlr = 0.5\n");
+  EXPECT_DOUBLE_EQ(vlmadapt::load_recipe({(dir / "d0.ini").string()}).train.lr, 0.5);
+  fs::remove_all(dir);
+}
+
+TEST(HostileLimits, OtherTextReadersAreBounded) {
+  const auto dir = vt::temp_dir("hostile_text_limits");
+  const std::string merges = sparse_file(dir / "merges.txt", vlmadapt::Tokenizer::kMaxMergesBytes + 1);
+  expect_error([&] { vlmadapt::Tokenizer t(merges); }, {merges, "limit of 64 MiB for a merges file"});
+  const std::string config = sparse_file(dir / "config.json", vlmadapt::kMaxHfConfigBytes + 1);
+  expect_error([&] { vlmadapt::read_hf_config(config); }, {config, "limit of 16 MiB"});
+  fs::remove_all(dir);
 }

@@ -53,7 +53,9 @@ std::string rename(const std::string& key) {
 
 }  // namespace
 
-HfConfig read_hf_config(const std::string& path) { return parse_hf_config(read_file(path), path); }
+HfConfig read_hf_config(const std::string& path) {
+  return parse_hf_config(read_file(path, kMaxHfConfigBytes, "a Hugging Face config.json"), path);
+}
 
 HfConfig parse_hf_config(const std::string& text, const std::string& path) {
   json j;

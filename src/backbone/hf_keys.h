@@ -15,7 +15,9 @@ struct HfConfig {
   double layer_norm_eps = 1e-5;
 };
 
-// Reads config.json; throws vlmadapt::Error naming the file and the key.
+// Hugging Face's config.json of a CLIP model takes about 5 KB.
+constexpr uint64_t kMaxHfConfigBytes = uint64_t(16) << 20;
+// Reads config.json (at most kMaxHfConfigBytes); throws vlmadapt::Error naming the file and the key.
 HfConfig read_hf_config(const std::string& path);
 // The same from config.json's text; `path` names it in errors.
 HfConfig parse_hf_config(const std::string& text, const std::string& path);

@@ -470,11 +470,13 @@ Tokenizer::Tokenizer() {
   impl_ = builtin;
 }
 
-Tokenizer::Tokenizer(const std::string& merges_path) {
-  std::string data = read_file(merges_path);
-  if (data.size() >= 2 && data[0] == '\x1f' && data[1] == '\x8b')
-    data = resources::gunzip(data, merges_path, size_t(64) << 20);  // CLIP's merges: 1.6 MB
-  impl_ = std::make_shared<Impl>(data, merges_path);
+Tokenizer::Tokenizer(const std::string& merges_path)
+    : Tokenizer(from_merges(read_file(merges_path, kMaxMergesBytes, "a merges file"), merges_path)) {}
+
+Tokenizer Tokenizer::from_merges(std::string bytes, const std::string& what) {
+  if (bytes.size() >= 2 && bytes[0] == '\x1f' && bytes[1] == '\x8b')
+    bytes = resources::gunzip(bytes, what, kMaxMergesBytes);
+  return Tokenizer(std::make_shared<Impl>(bytes, what));
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text) const {

@@ -14,17 +14,53 @@
 
 namespace vlmadapt {
 
-std::string read_file(const std::string& path) {
+namespace {
+
+std::ifstream open_for_reading(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(path + ": no such file");
   if (fs::is_directory(path, ec)) throw Error(path + ": is a folder, expected a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+  return in;
+}
+
+Error too_big(const std::string& path, const std::string& size, uint64_t max_bytes, const std::string& what) {
+  return Error(path + ": " + size + ", more than the limit of " + byte_limit(max_bytes) + " for " + what);
+}
+
+}  // namespace
+
+std::string byte_limit(uint64_t bytes) {
+  constexpr uint64_t kMiB = uint64_t(1) << 20;
+  if (bytes >= kMiB && bytes % kMiB == 0) return std::to_string(bytes / kMiB) + " MiB";
+  return std::to_string(bytes) + " bytes";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in = open_for_reading(path);
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw Error(path + ": read error");
   return ss.str();
+}
+
+std::string read_file(const std::string& path, uint64_t max_bytes, const std::string& what) {
+  std::ifstream in = open_for_reading(path);
+  // The size first, so an oversized file is refused before any of it is in memory.
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > max_bytes) throw too_big(path, std::to_string(size) + " bytes", max_bytes, what);
+  // A file growing meanwhile, or a device such as /dev/zero, stops one chunk past the limit.
+  std::string data;
+  char chunk[1 << 16];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
+    data.append(chunk, static_cast<size_t>(in.gcount()));
+    if (data.size() > max_bytes) throw too_big(path, "over " + std::to_string(max_bytes) + " bytes", max_bytes, what);
+  }
+  if (in.bad()) throw Error(path + ": read error");
+  return data;
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {

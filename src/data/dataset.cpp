@@ -17,6 +17,7 @@
 
 #include "core/resources.h"
 #include "core/seeded.h"
+#include "dataset_readers.h"
 
 namespace vlmadapt {
 
@@ -250,7 +251,7 @@ void save_split(const Dataset& dataset, const std::string& path) {
 namespace {
 
 json parse_json_file(const std::string& path) {
-  const std::string text = read_file(path);
+  const std::string text = read_file(path, detail::kMaxSplitFileBytes, "a saved split");
   try {
     return json::parse(text);
   } catch (const json::exception& e) {

@@ -212,7 +212,7 @@ Dataset open_coop(const DataOptions& o) {
     read_fgvc(dir, d);
     d.root = (dir / "images").string();
   } else {
-    read_zhou_split(read_file(split), split, info, d);
+    read_zhou_split(read_file(split, kMaxSplitFileBytes, "a CoOp split file"), split, info, d);
     d.root = image_root(o, info, split);
   }
   d.templates = builtin_prompts(info.prompts_key).templates;

@@ -34,7 +34,7 @@ uint32_t be32(const std::string& b, size_t at) {
 constexpr size_t kMaxIdxBytes = size_t(1) << 30;
 
 std::string gunzip_file(const std::string& path) {
-  return resources::gunzip(read_file(path), path, kMaxIdxBytes);
+  return resources::gunzip(read_file(path, kMaxIdxBytes, "an IDX file"), path, kMaxIdxBytes);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/data/image.h>
 
+#include "dataset_readers.h"
+
 namespace vlmadapt::detail {
 
 namespace fs = std::filesystem;
@@ -86,7 +88,7 @@ std::function<Image(const std::string&)> file_loader(const std::string& root) {
 
 // Non-empty, trimmed lines of a text file (one class name per line, etc.).
 std::vector<std::string> read_lines(const std::string& path) {
-  std::istringstream in(read_file(path));
+  std::istringstream in(read_file(path, kMaxLinesFileBytes, "a file of names, one a line"));
   std::vector<std::string> out;
   for (std::string line; std::getline(in, line);) {
     line = trim(line);
@@ -191,7 +193,7 @@ Dataset open_list(const DataOptions& o) {
   if (d.classnames.empty()) throw Error(o.classnames_file + ": no class names");
   d.templates = kSingleTemplate;
   d.root = o.root.empty() ? fs::path(o.split_file).parent_path().string() : o.root;
-  std::istringstream in(read_file(o.split_file));
+  std::istringstream in(read_file(o.split_file, kMaxSplitFileBytes, "a list of images"));
   int line_no = 0;
   for (std::string line; std::getline(in, line);) {
     ++line_no;

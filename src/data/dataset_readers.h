@@ -10,6 +10,15 @@
 
 namespace vlmadapt::detail {
 
+// Size limits of the dataset files read whole (docs/RELIABILITY.md, the limits table); a
+// larger file is refused, naming it and the limit, before it is read.
+// A split lists every image once: ImageNet's 1.28 million training images take under 100 MB
+// as "path,label" lines, and a little more as JSON. A JSON split's parsed tree takes several
+// times its text, so this bounds the memory of a hostile one too.
+constexpr uint64_t kMaxSplitFileBytes = uint64_t(256) << 20;  // CoOp and saved JSON splits, list files
+// One class name (or FGVC image id) a line: ImageNet-21k's 21,841 names take 0.5 MB.
+constexpr uint64_t kMaxLinesFileBytes = uint64_t(64) << 20;
+
 // A CoOp split_zhou_*.json text ({"train"|"val"|"test": [[relpath, label, classname], ...]})
 // into d.train, d.val, d.test and d.classnames, with the renames of CoOp dataset `dataset`
 // (oxford_pets, caltech101, eurosat, ...). Throws vlmadapt::Error naming `path`.

@@ -181,6 +181,7 @@ class Loader {
   std::map<std::string, std::string> method_values_;  // every method section seen, as written
   std::map<std::string, MethodOptions> methods_;      // and parsed, once, into each method's options
   std::vector<std::string> reading_;                  // files being read, to catch include cycles
+  int files_read_ = 0;                                // in all, against kMaxRecipeFiles
   bool name_set_ = false;
 };
 
@@ -267,11 +268,15 @@ void Loader::apply_file(const std::string& path, const std::string& included_fro
     for (const auto& file : reading_) chain += file + " -> ";
     throw Error(included_from + ": include cycle: " + chain + id);
   }
+  if (++files_read_ > kMaxRecipeFiles)
+    throw Error((included_from.empty() ? path : included_from + ": include " + path) + ": more than the limit of " +
+                std::to_string(kMaxRecipeFiles) + " recipe files read for one recipe (an include counts each time)");
   std::string text;
+  const auto read = [&] { text = read_file(path, kMaxRecipeBytes, "a recipe file"); };  // names the file
   if (included_from.empty()) {
-    text = read_file(path);  // its message names the file
+    read();
   } else {
-    located(included_from, [&] { text = read_file(path); });
+    located(included_from, read);
   }
   reading_.push_back(id);
   apply_text(text, path);

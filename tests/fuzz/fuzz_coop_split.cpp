@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string dataset = kDatasets[data[0] % std::size(kDatasets)];
   fuzz::expect_only_errors([&] {
     Dataset d;
-    detail::parse_coop_split(fuzz::bytes(data + 1, size - 1), "split_zhou.json", dataset, d);
+    vlmadapt::detail::parse_coop_split(fuzz::bytes(data + 1, size - 1), "split_zhou.json", dataset, d);
     for (const auto* split : {&d.train, &d.val, &d.test})
       for (const Item& item : *split)
         fuzz::require(item.label >= 0 && item.label < static_cast<int64_t>(d.classnames.size()),

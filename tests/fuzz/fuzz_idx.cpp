@@ -15,13 +15,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::expect_only_errors([&] {
     const std::string idx = mode & 2 ? resources::gunzip(payload, "fuzz-idx.gz") : payload;
     if (mode & 1) {
-      const auto labels = detail::parse_idx_labels(idx, "fuzz-labels-idx1-ubyte");
+      const auto labels = vlmadapt::detail::parse_idx_labels(idx, "fuzz-labels-idx1-ubyte");
       fuzz::require(labels.size() + 8 == idx.size(), "one label per byte after the header");
     } else {
       const size_t count = idx.size() >= 8 ? (uint32_t(uint8_t(idx[4])) << 24 | uint32_t(uint8_t(idx[5])) << 16 |
                                               uint32_t(uint8_t(idx[6])) << 8 | uint32_t(uint8_t(idx[7])))
                                            : 0;
-      const auto images = detail::parse_idx_images(idx, "fuzz-images-idx3-ubyte", mode & 4 ? count : count + 1);
+      const auto images = vlmadapt::detail::parse_idx_images(idx, "fuzz-images-idx3-ubyte", mode & 4 ? count : count + 1);
       // The last image, read as Store::load reads any: inside the bytes (ASan checks the copy).
       const size_t pixels = size_t(images.rows) * images.cols;
       if (images.count > 0) {

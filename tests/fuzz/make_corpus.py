@@ -223,6 +223,24 @@ def make_tokenizer():
 
 # ---- binary formats ------------------------------------------------------------------
 
+def make_merges():
+    """Merges files: the first byte 0 = a head continued by the built-in merges, 1 = whole."""
+    clear("merges")
+    with gzip.open(os.path.join(ROOT, "third_party", "clip", "bpe_simple_vocab_16e6.txt.gz"), "rb") as f:
+        lines = f.read().split(b"\n")
+    header, head = lines[0] + b"\n", b"\n".join(lines[1:21]) + b"\n"
+    write("merges", "head_20", b"\x00" + header + head)
+    write("merges", "head_crlf", b"\x00" + (header + head).replace(b"\n", b"\r\n"))
+    write("merges", "head_repeated", b"\x00" + header + lines[1] + b"\n" + lines[1] + b"\n")
+    write("merges", "head_three_symbols", b"\x00" + header + b"i n x\n")
+    write("merges", "head_outside_alphabet", b"\x00" + header + "\u4e00 n\n".encode("utf-8"))
+    write("merges", "head_not_utf8", b"\x00" + header + b"\xff n\n")
+    write("merges", "whole_header_only", b"\x01" + header)
+    gz = gzip.compress(header + b"\n".join(lines[1:101]) + b"\n", mtime=0)
+    write("merges", "whole_gzip_100_lines", b"\x01" + gz)
+    write("merges", "whole_gzip_truncated", b"\x01" + gz[:-12])
+
+
 def make_idx():
     clear("idx")
     # The first byte of fuzz_idx.cpp: bit 0 labels, bit 1 gzip'ed, bit 2 label count agrees.
@@ -287,5 +305,6 @@ if __name__ == "__main__":
     make_recipes()
     make_coop_split()
     make_tokenizer()
+    make_merges()
     make_idx()
     make_images()

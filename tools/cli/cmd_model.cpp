@@ -35,7 +35,7 @@ int info(const std::vector<std::string>& args, std::ostream& out, std::ostream&)
 
 std::vector<std::string> class_list(const po::variables_map& v) {
   if (v.count("classes")) return split_list(v["classes"].as<std::string>());
-  if (v.count("classes-file")) return split_list(read_file(v["classes-file"].as<std::string>()), '\n');
+  if (v.count("classes-file")) return split_list(read_file(v["classes-file"].as<std::string>(), uint64_t(64) << 20, "a class-names file"), '\n');
   throw Error("give the class names with --classes a,b,c or --classes-file FILE");
 }
 

@@ -17,8 +17,13 @@ class Tokenizer {
 
   // The built-in vocabulary (bpe_simple_vocab_16e6). Cheap to copy: shares one table.
   Tokenizer();
-  // A merges file of the same format (gzip or plain text).
+  // A merges file of the same format (gzip or plain text), at most kMaxMergesBytes read
+  // and decompressed.
   explicit Tokenizer(const std::string& merges_path);
+  // The same from the file's bytes (the fuzz target feeds them); `what` names it in errors.
+  static Tokenizer from_merges(std::string bytes, const std::string& what);
+  // CLIP's merges file is 1.3 MB gzip'ed, 1.6 MB plain.
+  static constexpr uint64_t kMaxMergesBytes = uint64_t(64) << 20;
 
   // Ids of the cleaned, lowercased text, without start and end tokens.
   std::vector<int64_t> encode(const std::string& text) const;
@@ -33,6 +38,7 @@ class Tokenizer {
 
  private:
   struct Impl;
+  explicit Tokenizer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<Impl> impl_;
 };
 

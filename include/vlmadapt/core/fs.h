@@ -1,5 +1,6 @@
 // Small file helpers shared across the library.
 #pragma once
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -7,6 +8,13 @@ namespace vlmadapt {
 
 // The whole file; throws vlmadapt::Error naming it if it cannot be read.
 std::string read_file(const std::string& path);
+// The whole file, refused with a vlmadapt::Error naming it, `what` it is and the limit when
+// it holds more than max_bytes ("<path>: 300000000 bytes, more than the limit of 256 MiB
+// for a CoOp split file"). A regular file is checked by its size before any byte is read;
+// a device or pipe, which has none, is read until it passes the limit.
+std::string read_file(const std::string& path, uint64_t max_bytes, const std::string& what);
+// A byte count as the limits are stated: "64 MiB" when a whole number of MiB, else "N bytes".
+std::string byte_limit(uint64_t bytes);
 // Writes `data` to path.tmp.<pid> then renames it over `path`, creating parent folders.
 void write_file_atomic(const std::string& path, const std::string& data);
 // Whether a folder / a regular file is there; false (not an exception) when it cannot be checked.

@@ -14,6 +14,7 @@
 // Lists are '|'-separated; see OptionSet for the value syntax. Shipped recipes are in
 // recipes/ (datasets/<name>.ini, <method>/<method>.ini).
 #pragma once
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -122,6 +123,14 @@ struct Recipe {
   // runs/<dataset>/<method>/<name>_<K>shot/seed<S>
   std::string run_dir() const;
 };
+
+// Limits of one load_recipe (docs/RELIABILITY.md): a recipe file's size (the shipped ones
+// are under 4 KB), and the files read in all, includes counted each time they are read. An
+// include may name any path (recipes/protocols/ include ../datasets/); cycles are refused,
+// and the count stops a diamond of includes (a includes b twice, b includes c twice, ...)
+// from reading 2^depth files.
+constexpr uint64_t kMaxRecipeBytes = uint64_t(1) << 20;
+constexpr int kMaxRecipeFiles = 256;
 
 // Reads and composes recipe files, then applies "key=value" overrides. Unknown keys,
 // unknown methods and unparsable values throw vlmadapt::Error naming the file and key.
