@@ -94,6 +94,17 @@ class Ramt : public Method {
     return loss;
   }
 
+  // The share of masked-off weights, in percent (the code prints it as "Sparsity"), in run.json.
+  std::map<std::string, double> chosen() const override {
+    torch::NoGradGuard no_grad;
+    double off = 0, total = 0;
+    for (const auto& s : scores_) {
+      off += (s.score <= options_.threshold).sum().item<double>();
+      total += static_cast<double>(s.score.numel());
+    }
+    return {{"mask_sparsity_percent", total > 0 ? 100 * off / total : 0}};
+  }
+
   // GDR: each score's gradient g_a (set by the backward of loss()) keeps each element with
   // probability P of agreeing with g_b, the KL's gradient taken in loss().
   void after_backward() override {

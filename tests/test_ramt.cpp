@@ -91,6 +91,11 @@ TEST(Ramt, StraightThroughGradientIsTheWeightTimesTheMaskedWeightsGradient) {
     torch::NoGradGuard no_grad;  // drop every other weight of both: the gradient reaches dropped ones too
     for (const auto& w : checked) score(*r, w).view(-1).slice(0, 0, c10::nullopt, 2).fill_(0);
   }
+  // run.json's sparsity counts the dropped halves (odd sizes round up).
+  double off = 0, total = 0;
+  for (const auto& p : r->named_parameters()) total += static_cast<double>(p.value().numel());
+  for (const auto& w : checked) off += static_cast<double>((score(*r, w).numel() + 1) / 2);
+  EXPECT_NEAR(r->chosen().at("mask_sparsity_percent"), 100 * off / total, 1e-9);
   const auto b = batch(4, 2);
   r->loss(b).backward();
   // Independently: the masked weights W ⊙ B as leaves, everything else as stored (its mask is ones).
