@@ -7,6 +7,7 @@
 
 #include <vlmadapt/backbone/checkpoint.h>
 
+#include "bench/bench.h"
 #include "methods/ramt.h"
 #include "test_util.h"
 
@@ -259,6 +260,20 @@ TEST(Ramt, BadInputNamesTheKey) {
   const auto msg = vt::error_of([&] { vlmadapt::make_method("ramt")->setup(t); });
   EXPECT_NE(msg.find("model.checkpoint"), std::string::npos) << msg;
   EXPECT_NE(msg.find("ModifiedResNet"), std::string::npos) << msg;
+}
+
+// vlmadapt bench step takes methods that run the image tower on pixels, as ramt does.
+TEST(Ramt, BenchStepTimesItOnPixels) {
+  vlmadapt::BenchOptions o;
+  o.task = "step";
+  o.arch = "default";
+  o.n_cls = 5;
+  o.batch = 4;
+  o.reps = 1;
+  o.method = "ramt";
+  const auto out = vlmadapt::run_bench(o);
+  EXPECT_GT(out.at("seconds_per_step").get<double>(), 0);
+  EXPECT_GT(out.at("peak_tensor_mb").get<double>(), 0);
 }
 
 }  // namespace
