@@ -295,6 +295,43 @@ TEST(BackboneHooks, FusedPassRunsOnModifiedWeights) {
   EXPECT_FALSE(torch::allclose(encode_in(Mode::Fused, clip, g).image, fused.image));
 }
 
+TEST(BackboneHooks, PatchEmbeddingTakesAModifier) {
+  // A mask of ones on the ViT's conv1 is the stored pass bit for bit, in every mode; a
+  // zero mask changes the image features and leaves the text alone.
+  Clip clip = load_clip(vt::tiny_vit());
+  const auto g = golden("tiny_vit");
+  for (Mode mode : kModes) {
+    const std::string where = "mode " + std::to_string(static_cast<int>(mode));
+    const auto base = encode_in(mode, clip, g);
+    TowerHooks ones, zeros;
+    ones.modifiers["visual.conv1.weight"] = [](const torch::Tensor& w) { return w * torch::ones_like(w); };
+    zeros.modifiers["visual.conv1.weight"] = [](const torch::Tensor& w) { return w * 0; };
+    clip->set_hooks(ones);
+    expect_equal(encode_in(mode, clip, g), base, where + ", all-ones conv1 mask");
+    clip->set_hooks(zeros);
+    const auto zeroed = encode_in(mode, clip, g);
+    EXPECT_FALSE(torch::allclose(zeroed.image, base.image)) << where;
+    EXPECT_TRUE(torch::equal(zeroed.text, base.text)) << where;
+    clip->clear_hooks();
+    expect_equal(encode_in(mode, clip, g), base, where + ", cleared");
+  }
+  // Gradients reach what the modifier uses.
+  auto scale = torch::ones({}).requires_grad_(true);
+  TowerHooks scaled;
+  scaled.modifiers["visual.conv1.weight"] = [scale](const torch::Tensor& w) { return w * scale; };
+  clip->set_hooks(scaled);
+  clip->encode_image(g.at("pixels")).sum().backward();
+  clip->clear_hooks();
+  ASSERT_TRUE(scale.grad().defined());
+  EXPECT_NE(scale.grad().item<double>(), 0.0);
+  // The ModifiedResNet's conv1 is its stem, not a patch embedding: it takes none.
+  Clip rn = load_clip(vt::tiny_rn());
+  TowerHooks stem;
+  stem.modifiers["visual.conv1.weight"] = identity();
+  const auto msg = error_of([&] { rn->set_hooks(stem); });
+  EXPECT_NE(msg.find("'visual.conv1.weight' cannot take one"), std::string::npos) << msg;
+}
+
 TEST(BackboneHooks, ResNetTextHooksWork) {
   Clip clip = load_clip(vt::tiny_rn());
   const auto g = golden("tiny_rn");
@@ -324,9 +361,9 @@ TEST(BackboneHooks, ClearErrors) {
   EXPECT_NE(msg.find("closest: visual.transformer.resblocks.0.attn.in_proj_weight"), std::string::npos) << msg;
 
   TowerHooks outside;
-  outside.modifiers["visual.conv1.weight"] = identity();
+  outside.modifiers["visual.ln_pre.weight"] = identity();
   msg = set(vit, outside);
-  EXPECT_NE(msg.find("'visual.conv1.weight' cannot take one"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'visual.ln_pre.weight' cannot take one"), std::string::npos) << msg;
 
   TowerHooks empty_fn;
   empty_fn.modifiers[block(false, 0, "mlp.c_fc.weight")] = WeightModifier();

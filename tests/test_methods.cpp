@@ -199,7 +199,7 @@ TEST(Registry, HoldsTheBuiltInMethods) {
   auto names = vlmadapt::method_names();
   for (const char* n : {"zeroshot", "linear_probe", "coop", "tpt", "rlcf", "rlcf_image", "zero", "mta", "ctpt", "tda",
                         "dmn", "boostadapter", "dpe", "tip_adapter", "tip_adapter_f", "gda", "lp_pp", "clap", "zpe", "kgcoop",
-                        "prograd", "maple", "promptsrc", "clip_lora", "pseudolabel"})
+                        "prograd", "maple", "promptsrc", "clip_lora", "pseudolabel", "ramt"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   EXPECT_THROW(vlmadapt::find_method("no_such_method"), vlmadapt::Error);
 }

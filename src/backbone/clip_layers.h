@@ -149,6 +149,9 @@ class VisionTower : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& pixels) = 0;
   // The ViT's transformer (where its hooks live); null for the ModifiedResNet.
   virtual Transformer* transformer() { return nullptr; }
+  // The ViT's modifier of its patch embedding conv1 (TowerHooks "visual.conv1.weight"),
+  // set by ClipImpl::set_hooks; empty: the stored weight, through the module as always.
+  WeightModifier patch_modifier;
 };
 
 std::shared_ptr<VisionTower> make_vision_transformer(const ClipConfig& config);

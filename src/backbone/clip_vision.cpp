@@ -1,6 +1,8 @@
 // The two image towers of CLIP: VisionTransformer and ModifiedResNet with attention pooling.
 #include <cmath>
 
+#include <vlmadapt/core/error.h>
+
 #include "clip_layers.h"
 
 namespace vlmadapt::detail {
@@ -25,7 +27,7 @@ class VisionTransformer : public VisionTower {
   }
 
   torch::Tensor forward(const torch::Tensor& pixels) override {
-    auto x = conv1_->forward(pixels.to(conv1_->weight.scalar_type()));  // [N,W,g,g]
+    auto x = patches(pixels.to(conv1_->weight.scalar_type()));  // [N,W,g,g]
     x = x.flatten(2).transpose(1, 2);                                  // [N,g*g,W]
     auto cls = class_embedding_.to(x.scalar_type()).expand({x.size(0), 1, x.size(2)});
     x = torch::cat({cls, x}, 1) + positional_embedding_.to(x.scalar_type());
@@ -42,6 +44,20 @@ class VisionTransformer : public VisionTower {
   Transformer* transformer() override { return transformer_.get(); }
 
  private:
+  // The patch embedding: conv1 as stored, or, with a modifier, the same convolution (no
+  // bias, stride = patch, no padding) of the modified weight.
+  torch::Tensor patches(const torch::Tensor& x) {
+    if (!patch_modifier) return conv1_->forward(x);
+    auto w = patch_modifier(conv1_->weight);
+    if (!w.defined() || w.sizes() != conv1_->weight.sizes())
+      throw Error("weight modifier of 'visual.conv1.weight' returned " +
+                  (w.defined() ? c10::str(w.sizes()) : std::string("an undefined tensor")) +
+                  ", expected the weight's shape " + c10::str(conv1_->weight.sizes()));
+    const auto& o = conv1_->options;
+    return torch::conv2d(x, w, {}, o.stride(), c10::get<torch::ExpandingArray<2>>(o.padding()), o.dilation(),
+                         o.groups());
+  }
+
   nn::Conv2d conv1_{nullptr};
   torch::Tensor class_embedding_, positional_embedding_, proj_;
   nn::LayerNorm ln_pre_{nullptr}, ln_post_{nullptr};

@@ -80,15 +80,22 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
   std::vector<std::string> names;
   for (const auto& item : named_parameters(true)) names.push_back(item.key());
   static const std::regex in_block(R"(^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$)");
+  static const std::string patch_embedding = "visual.conv1.weight";
+  WeightModifier patch_modifier;
   for (const auto& [name, modifier] : hooks.modifiers) {
     if (std::find(names.begin(), names.end(), name) == names.end())
       throw Error("weight modifier: no weight named '" + name + "'; closest: " + closest(name, names));
     std::smatch m;
-    if (!std::regex_match(name, m, in_block))
+    const bool patches = vit && name == patch_embedding;  // the ModifiedResNet's conv1 is its stem
+    if (!patches && !std::regex_match(name, m, in_block))
       throw Error("weight modifier: '" + name + "' cannot take one; only the parameters of the transformer " +
                   "blocks can (e.g. transformer.resblocks.0.attn.in_proj_weight, " +
-                  "visual.transformer.resblocks.0.mlp.c_fc.weight)");
+                  "visual.transformer.resblocks.0.mlp.c_fc.weight) and a ViT's patch embedding " + patch_embedding);
     if (!modifier) throw Error("weight modifier for '" + name + "' is empty");
+    if (patches) {
+      patch_modifier = modifier;
+      continue;
+    }
     auto& mods = m[1].matched ? image_mods : text_mods;
     if (mods.empty()) mods.resize(m[1].matched ? vit->size() : transformer_->size());
     mods.at(std::stoul(m[2].str()))[m[3].str()] = modifier;
@@ -96,6 +103,7 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
   // Everything checked: install (nothing changed if anything above threw).
   transformer_->set_hooks({"transformer.resblocks.", std::move(text_mods), hooks.text.tokens, text_n, false});
   if (vit) vit->set_hooks({"visual.transformer.resblocks.", std::move(image_mods), hooks.image.tokens, image_n, true});
+  visual_->patch_modifier = std::move(patch_modifier);
   hooks_ = std::move(hooks);
 }
 

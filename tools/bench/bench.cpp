@@ -216,7 +216,8 @@ nlohmann::json bench_fit(Clip clip, const BenchOptions& o) {
   return out;
 }
 
-// One training step of a method on frozen features: median seconds over the timed steps
+// One training step of a method on frozen features (random ones), or on random pixels for a
+// method that takes pixels (its step then includes the image tower): median seconds over the timed steps
 // (after one warm-up step, which also makes the optimizer's buffers) and the largest
 // peak of CPU tensor bytes of a timed step above those alive before it (MemoryMeter).
 struct StepMeasure {
@@ -231,12 +232,15 @@ StepMeasure measure_step(Clip clip, const std::string& method, const std::map<st
   recipe.method_values = values;
   RunContext c = attach_method(recipe, clip, bench_classes(o.n_cls));
   const Contract contract = c.method->contract();
-  if (!contract.trains || contract.input != Input::Features)
-    throw Error("bench step: method " + method + " does not train on frozen features (contract)");
+  if (!contract.trains) throw Error("bench step: method " + method + " does not train (contract)");
   Trainer trainer(TrainerSetup{c.method.get(), clip, nullptr, recipe, "", nullptr});
   auto optimizer = make_optimizer(recipe.train, c.method->trainable_parameters());
   torch::manual_seed(1);  // the same batch for every method
-  const Batch b{{}, torch::randn({o.batch, clip->embed_dim()}), torch::randint(0, o.n_cls, {o.batch}, torch::kLong)};
+  Batch b{{}, torch::randn({o.batch, clip->embed_dim()}), torch::randint(0, o.n_cls, {o.batch}, torch::kLong)};
+  if (contract.input == Input::Pixels) {  // methods that run the image tower themselves (R-AMT, CLIP-LoRA)
+    const int64_t r = clip->image_resolution();
+    b = method_batch(*c.method, clip, torch::randn({o.batch, 3, r, r}), b.labels);
+  }
   StepMeasure m;
   MemoryMeter meter;
   std::vector<double> ts;

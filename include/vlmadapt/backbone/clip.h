@@ -95,7 +95,9 @@ struct TowerHooks {
   // take one: "transformer.resblocks.{i}.{attn.in_proj_weight, attn.in_proj_bias,
   // attn.out_proj.weight, mlp.c_fc.weight, mlp.c_proj.bias, ln_1.weight, ...}" and the same
   // under "visual.transformer.resblocks.{i}." (ViT). q/k/v slices of in_proj_weight are the
-  // modifier's business (rows [0,D), [D,2D), [2D,3D)).
+  // modifier's business (rows [0,D), [D,2D), [2D,3D)). Outside the blocks, only the ViT's
+  // patch embedding "visual.conv1.weight" [W,3,p,p] can take one (R-AMT masks it); the
+  // ModifiedResNet's stem conv1 cannot.
   std::map<std::string, WeightModifier> modifiers;
 
   bool empty() const { return text.depth() == 0 && image.depth() == 0 && modifiers.empty(); }
