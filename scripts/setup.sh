@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libgloo-dev  # libgloo-dev: the headers c10d's ProcessGroupGloo.hpp includes
   libopencv-dev libeigen3-dev libboost-program-options-dev libgtest-dev
   nlohmann-json3-dev zlib1g-dev libicu-dev
   dataset-fashion-mnist

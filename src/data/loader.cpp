@@ -54,6 +54,8 @@ void check_options(const LoaderOptions& o) {
   if (o.batch_size <= 0)
     throw Error("loader: batch_size must be > 0, got " + std::to_string(o.batch_size));
   if (o.workers < 0) throw Error("loader: workers must be >= 0, got " + std::to_string(o.workers));
+  if (o.shards < 1 || o.shard < 0 || o.shard >= o.shards)
+    throw Error("loader: shard " + std::to_string(o.shard) + " of " + std::to_string(o.shards) + " is out of range");
 }
 
 struct Cancelled {};  // thrown inside a worker's build when the loader is stopping
@@ -99,7 +101,9 @@ struct BatchLoader::Impl {
 
 PixelBatch BatchLoader::Impl::build(int64_t b) const {
   const int64_t n = int64_t(order.size());
-  const int64_t begin = b * opt.batch_size, count = std::min<int64_t>(opt.batch_size, n - begin);
+  const int64_t first = b * opt.batch_size, whole = std::min<int64_t>(opt.batch_size, n - first);
+  const int64_t begin = first + whole * opt.shard / opt.shards;
+  const int64_t count = first + whole * (opt.shard + 1) / opt.shards - begin;
   PixelBatch out;
   out.pixels = at::empty({count, 3, opt.n_px, opt.n_px}, at::kFloat);
   out.labels = at::empty({count}, at::kLong);

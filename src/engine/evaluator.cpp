@@ -13,6 +13,7 @@
 #include <vlmadapt/core/error.h>
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/distributed.h>
 #include <vlmadapt/engine/stream_order.h>
 
 #include "core/seeded.h"
@@ -47,13 +48,22 @@ torch::Tensor dataset_logits(const EvalSetup& s, torch::Tensor logits) {
   return logits.to(torch::kFloat).cpu();
 }
 
+// Where each batch's logits go: the metrics, or a rank's shard of them.
+using Sink = std::function<void(const torch::Tensor& logits, const torch::Tensor& labels, const std::vector<std::string>& ids)>;
+
+Sink into(MetricAccumulator& acc) {
+  return [&acc](const torch::Tensor& logits, const torch::Tensor& labels, const std::vector<std::string>& ids) {
+    acc.add(logits, labels, ids);
+  };
+}
+
 std::vector<std::string> refs_of(const std::vector<Item>& items, int64_t start, int64_t n) {
   std::vector<std::string> ids;
   for (int64_t i = start; i < start + n; ++i) ids.push_back(items[i].ref);
   return ids;
 }
 
-void eval_features(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+void eval_features(const EvalSetup& s, const std::vector<Item>& items, const Sink& acc) {
   Clip clip = s.clip;
   const auto device = s.clip->logit_scale().device();
   FeatureSet fs = s.cache ? s.cache->features(clip, *s.dataset, items, test_loader(s), s.transform_tag)
@@ -63,11 +73,11 @@ void eval_features(const EvalSetup& s, const std::vector<Item>& items, MetricAcc
   for (int64_t start = 0; start < n; start += bs) {
     const int64_t len = std::min(bs, n - start);
     Batch b{{}, fs.features.narrow(0, start, len).to(device), fs.labels.narrow(0, start, len).to(device)};
-    acc.add(dataset_logits(s, s.method->logits(b)), b.labels.cpu(), refs_of(items, start, len));
+    acc(dataset_logits(s, s.method->logits(b)), b.labels.cpu(), refs_of(items, start, len));
   }
 }
 
-void eval_pixels(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+void eval_pixels(const EvalSetup& s, const std::vector<Item>& items, const Sink& acc) {
   Clip clip = s.clip;
   const auto device = s.clip->logit_scale().device();
   BatchLoader loader(*s.dataset, items, test_loader(s));
@@ -75,7 +85,7 @@ void eval_pixels(const EvalSetup& s, const std::vector<Item>& items, MetricAccum
   int64_t start = 0;
   for (PixelBatch pb; loader.next(pb);) {
     Batch b = method_batch(*s.method, clip, pb.pixels.to(device), pb.labels.to(device));
-    acc.add(dataset_logits(s, s.method->logits(b)), pb.labels, refs_of(items, start, pb.labels.size(0)));
+    acc(dataset_logits(s, s.method->logits(b)), pb.labels, refs_of(items, start, pb.labels.size(0)));
     start += pb.labels.size(0);
   }
 }
@@ -87,7 +97,7 @@ constexpr double kViewCacheBytes = 1024.0 * 1024 * 1024;
 // One run: the test images one at a time, in `order` (positions in `items`). Each image's
 // views are seeded by its position in the split, so they are the same in every order.
 void stream_run(const EvalSetup& s, const std::vector<Item>& items, const std::vector<int64_t>& order,
-                std::vector<torch::Tensor>* view_features, MetricAccumulator& acc, MetricAccumulator* first,
+                std::vector<torch::Tensor>* view_features, const Sink& acc, MetricAccumulator* first,
                 Progress& progress, int64_t& done) {
   const auto device = s.clip->logit_scale().device();
   ImageStream stream(*s.method, s.clip);
@@ -102,7 +112,7 @@ void stream_run(const EvalSetup& s, const std::vector<Item>& items, const std::v
       if (view_features) (*view_features)[i] = b.image_features;
     }
     auto logits = dataset_logits(s, stream.predict(std::move(b)));
-    acc.add(logits, label, {items[i].ref});
+    acc(logits, label, {items[i].ref});
     if (first) first->add(logits, label, {items[i].ref});
     progress.update(++done, std::nan(""), std::nan(""), 1);
   }
@@ -129,7 +139,7 @@ std::vector<std::vector<uint8_t>> eval_online(const EvalSetup& s, const std::vec
   std::vector<std::vector<uint8_t>> hits;
   for (size_t r = 0; r < orders.size(); ++r) {
     if (r > 0) s.method->load_state(start, "the stream's starting state");
-    stream_run(s, items, orders[r], features.empty() ? nullptr : &features, acc, r == 0 ? first : nullptr,
+    stream_run(s, items, orders[r], features.empty() ? nullptr : &features, into(acc), r == 0 ? first : nullptr,
                progress, done);
     hits.emplace_back(acc.hits().end() - n, acc.hits().end());
   }
@@ -139,23 +149,59 @@ std::vector<std::vector<uint8_t>> eval_online(const EvalSetup& s, const std::vec
   return hits;
 }
 
-// A method whose predictions do not depend on the order: once, in split order.
-std::vector<uint8_t> eval_once(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+// The items [begin, end) of the split (positions in `items`) into `acc`.
+void eval_range(const EvalSetup& s, const std::vector<Item>& items, int64_t begin, int64_t end, const Sink& acc) {
   switch (eval_path(s.method->contract())) {
     case EvalPath::PerImage: {
       if (!s.views) throw Error("evaluate: method adapts per sample but no view maker was given");
-      Progress progress("adapt", static_cast<int64_t>(items.size()), std::cerr);
-      std::vector<int64_t> in_split_order(items.size());
-      std::iota(in_split_order.begin(), in_split_order.end(), 0);
+      Progress progress("adapt", end - begin, std::cerr);
+      std::vector<int64_t> positions(static_cast<size_t>(end - begin));
+      std::iota(positions.begin(), positions.end(), begin);  // the views are seeded by the place in the whole split
       int64_t done = 0;
       MetricAccumulator* none = nullptr;
-      stream_run(s, items, in_split_order, nullptr, acc, none, progress, done);
+      stream_run(s, items, positions, nullptr, acc, none, progress, done);
       progress.finish();
       break;
     }
-    case EvalPath::PixelBatches: eval_pixels(s, items, acc); break;
-    case EvalPath::CachedFeatures: eval_features(s, items, acc); break;
+    case EvalPath::PixelBatches:
+    case EvalPath::CachedFeatures: {
+      const bool whole = begin == 0 && end == static_cast<int64_t>(items.size());
+      const std::vector<Item> part = whole ? std::vector<Item>() : std::vector<Item>(items.begin() + begin, items.begin() + end);
+      const auto& span = whole ? items : part;
+      if (eval_path(s.method->contract()) == EvalPath::PixelBatches) eval_pixels(s, span, acc);
+      else eval_features(s, span, acc);
+      break;
+    }
   }
+}
+
+// A method whose predictions do not depend on the order: once, in split order. With
+// several ranks each takes a contiguous shard (whole batches, so that every batch is the
+// single process's) and the logits are gathered in split order: the same metrics.
+std::vector<uint8_t> eval_once(const EvalSetup& s, const std::vector<Item>& items, MetricAccumulator& acc) {
+  auto& world = dist::world();
+  const int64_t n = static_cast<int64_t>(items.size());
+  if (world.size() == 1) {
+    eval_range(s, items, 0, n, into(acc));
+    return acc.hits();
+  }
+  const int64_t align = eval_path(s.method->contract()) == EvalPath::PerImage ? 1 : s.options.batch_size;
+  std::vector<int64_t> counts;
+  for (int r = 0; r < world.size(); ++r) {
+    const auto [b, e] = dist::shard_range(n, r, world.size(), align);
+    counts.push_back(e - b);
+  }
+  const auto [begin, end] = dist::shard_range(n, world.rank(), world.size(), align);
+  std::vector<torch::Tensor> rows;
+  eval_range(s, items, begin, end, [&rows](const torch::Tensor& logits, const torch::Tensor&, const std::vector<std::string>&) {
+    rows.push_back(logits.to(torch::kFloat).cpu());
+  });
+  const auto classes = static_cast<int64_t>(s.columns.empty() ? s.dataset->classnames.size() : s.columns.size());
+  torch::Tensor mine = rows.empty() ? torch::zeros({0, classes}) : torch::cat(rows);
+  torch::Tensor all = world.all_gather_rows(mine, counts, "the test logits");
+  std::vector<int64_t> labels;
+  for (const auto& item : items) labels.push_back(item.label);
+  if (n > 0) acc.add(all, torch::tensor(labels, torch::kLong), refs_of(items, 0, n));
   return acc.hits();
 }
 
@@ -210,6 +256,10 @@ Metrics evaluate(const EvalSetup& s, const std::vector<Item>& items, const std::
   if (online && s.options.predictions) first = std::make_unique<MetricAccumulator>(classes, true);
   std::vector<std::vector<uint8_t>> hits;
   if (online) {
+    if (dist::world().size() > 1)
+      throw Error("evaluate: this method adapts online (its state follows the test stream, which one process must "
+                  "see whole); run it in one process, without vlmadapt launch (WORLD_SIZE=" +
+                  std::to_string(dist::world().size()) + ")");
     hits = eval_online(s, items, orders, acc, first.get());
   } else {
     const auto in_split_order = eval_once(s, items, acc);
@@ -233,7 +283,7 @@ Metrics evaluate(const EvalSetup& s, const std::vector<Item>& items, const std::
     concentration << s.options.dirichlet;
     m.order += " " + concentration.str();
   }
-  if (!s.out_dir.empty()) {
+  if (!s.out_dir.empty() && dist::world().main()) {  // every rank holds the same metrics; rank 0 writes
     fs::create_directories(s.out_dir);
     if (s.options.confusion)
       acc.write_confusion_csv((fs::path(s.out_dir) / ("confusion_" + tag + ".csv")).string(), s.dataset->classnames);

@@ -12,6 +12,7 @@
 #include <vlmadapt/core/safetensors.h>
 #include <vlmadapt/data/loader.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/distributed.h>
 #include <vlmadapt/engine/trainer.h>
 
 #include "core/seeded.h"
@@ -153,10 +154,13 @@ double train_in_rounds(RunContext& c, const std::string& run_dir, bool resume, s
     throw Error("method " + c.recipe.method + " learns from pseudolabels of unlabelled images, and data.paradigm = " +
                 c.recipe.data.paradigm + " gives none (set data.paradigm = ssl, ul or trzsl)");
   const fs::path root = fs::path(run_dir) / "rounds";
-  if (!resume) fs::remove_all(root);
-  fs::create_directories(root);
+  // Distributed: rank 0 writes the rounds; every rank reads what a resumed run left
+  // (and only then: on a fresh run rank 0 may be removing the old rounds meanwhile).
+  const bool main = dist::world().main();
+  if (main && !resume) fs::remove_all(root);
+  if (main) fs::create_directories(root);
   const int64_t rounds = method.pseudolabel_rounds();
-  auto [done, loss] = committed_rounds(root);
+  auto [done, loss] = resume ? committed_rounds(root) : std::pair<int64_t, double>{0, 0.0};
   if (done > rounds) throw Error((root / "latest.json").string() + ": records " + std::to_string(done) +
                                  " rounds; the method runs " + std::to_string(rounds));
   if (done > 0) {
@@ -168,16 +172,16 @@ double train_in_rounds(RunContext& c, const std::string& run_dir, bool resume, s
                                                                                : task.unlabelled_classes.size());
   for (int64_t r = done; r < rounds; ++r) {
     const fs::path dir = root / ("round_" + std::to_string(r + 1));
-    fs::create_directories(dir);
+    if (main) fs::create_directories(dir);
     // Each round starts from the same random state, whether or not the run was resumed.
     torch::manual_seed(seeded::mix(static_cast<uint64_t>(c.recipe.data.seed), static_cast<uint64_t>(r), 0x9A0D5ull));
     const int64_t k = method.pseudolabels_per_class(r, static_cast<int64_t>(task.unlabelled.size()), classes);
     std::vector<Item> pseudo;
-    if (fs::exists(dir / "pseudolabels.json")) {
+    if (resume && fs::exists(dir / "pseudolabels.json")) {
       pseudo = load_pseudolabels(dir / "pseudolabels.json", task);
     } else {
       pseudo = choose_pseudolabels(c, task, r, k);
-      save_pseudolabels(dir / "pseudolabels.json", pseudo, k);
+      if (main) save_pseudolabels(dir / "pseudolabels.json", pseudo, k);
     }
     Dataset data = task;
     data.train.insert(data.train.end(), pseudo.begin(), pseudo.end());
@@ -188,11 +192,13 @@ double train_in_rounds(RunContext& c, const std::string& run_dir, bool resume, s
                            c.recipe.data.paradigm});
     const fs::path checkpoint = dir / "checkpoint";
     Trainer trainer({&method, c.clip, &data, c.recipe, checkpoint.string(), c.cache.get()});
-    loss = trainer.train(fs::exists(checkpoint / "latest.json"));
-    write_safetensors((dir / "method.safetensors").string(), method.state());
-    write_file_atomic((root / "latest.json").string(), json{{"round", r + 1}, {"loss", loss}, {"rounds", rounds}}.dump());
-    fs::remove_all(checkpoint);  // the round's state is committed; its epochs are not needed again
-    if (r > 0) fs::remove(root / ("round_" + std::to_string(r)) / "method.safetensors");
+    loss = trainer.train(resume && fs::exists(checkpoint / "latest.json"));
+    if (main) {
+      write_safetensors((dir / "method.safetensors").string(), method.state());
+      write_file_atomic((root / "latest.json").string(), json{{"round", r + 1}, {"loss", loss}, {"rounds", rounds}}.dump());
+      fs::remove_all(checkpoint);  // the round's state is committed; its epochs are not needed again
+      if (r > 0) fs::remove(root / ("round_" + std::to_string(r)) / "method.safetensors");
+    }
     kill_point("round", r + 1);
   }
   return loss;

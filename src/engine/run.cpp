@@ -8,6 +8,7 @@
 #include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/data/corruption.h>
 #include <vlmadapt/core/error.h>
+#include <vlmadapt/engine/distributed.h>
 #include <vlmadapt/engine/evaluator.h>
 #include <vlmadapt/engine/pseudolabels.h>
 #include <vlmadapt/engine/run_context.h>
@@ -121,18 +122,36 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
       return summary;
     }
   }
-  FolderLock lock(dir);  // one writer per run folder
-  if (const int removed = remove_temporary_files(dir))
-    log << "removed " << removed << " temporary file(s) of a killed run in " << dir.string() << "\n";
-  if (!resume && fs::exists(dir / "checkpoint")) fs::remove_all(dir / "checkpoint");
-  write_file_atomic((dir / "recipe.ini").string(), recipe.to_ini());
+  // Distributed (engine/distributed.h): every rank runs the recipe, rank 0 alone writes
+  // the run folder; the others read only what a resumed run left there.
+  auto& world = dist::world();
+  const bool main = world.main();
+  const auto adaptation = make_method(recipe.method_options())->contract().adaptation;
+  if (world.size() > 1 && adaptation == Adaptation::Online)
+    throw Error("method " + recipe.method + " adapts online (its state follows the test stream, which one process "
+                "must see whole): run it in one process, without vlmadapt launch (WORLD_SIZE=" +
+                std::to_string(world.size()) + ")");
+  if (world.size() > 1 && !recipe.eval.transfer.empty())
+    throw Error("eval.transfer: not supported with several processes yet (WORLD_SIZE=" + std::to_string(world.size()) +
+                "); evaluate the transfers afterwards with vlmadapt eval in one process");
+  std::unique_ptr<FolderLock> lock;
+  if (main) lock = std::make_unique<FolderLock>(dir);  // one writer per run folder
+  if (main)
+    if (const int removed = remove_temporary_files(dir))
+      log << "removed " << removed << " temporary file(s) of a killed run in " << dir.string() << "\n";
+  if (main && !resume && fs::exists(dir / "checkpoint")) fs::remove_all(dir / "checkpoint");
   json run = {{"dataset", recipe.data.dataset}, {"method", recipe.method}, {"recipe", recipe.name},
               {"shots", recipe.data.shots}, {"seed", recipe.data.seed}, {"status", "running"}};
-  run["adaptation"] = to_string(make_method(recipe.method_options())->contract().adaptation);
-  write_json(dir / "run.json", run);
-
-  if (!resume) fs::remove(dir / "split.json");  // a fresh run draws its split again
-  RunContext c = open_run_context(recipe, (dir / "split.json").string());
+  run["adaptation"] = to_string(adaptation);
+  if (world.size() > 1) run["world_size"] = world.size();
+  if (main) {
+    write_file_atomic((dir / "recipe.ini").string(), recipe.to_ini());
+    write_json(dir / "run.json", run);
+    if (!resume) fs::remove(dir / "split.json");  // a fresh run draws its split again
+  }
+  // The other ranks draw the same split from the seed (a resumed run: read the saved one).
+  const std::string split = main || (resume && fs::exists(dir / "split.json")) ? (dir / "split.json").string() : "";
+  RunContext c = open_run_context(recipe, split);
   log << "run " << dir.string() << ": " << recipe.method << " on " << recipe.data.dataset << ", "
       << c.task.classnames.size() << " classes, " << c.task.train.size() << " train / " << c.task.val.size()
       << " val / " << c.task.test.size() << " test images\n";
@@ -153,16 +172,17 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   t0 = std::chrono::steady_clock::now();
   const double loss = c.method->contract().pseudolabels ? train_in_rounds(c, dir.string(), resume, log) : trainer.train(resume);
   run["train_seconds"] = seconds_since(t0);
-  write_safetensors((dir / "method.safetensors").string(), c.method->state());
+  if (main) write_safetensors((dir / "method.safetensors").string(), c.method->state());
 
   summary.metrics = evaluate_context(c, dir.string(), {"val", "test"}, log);
-  write_json(dir / "metrics.json", summary.metrics);
+  if (main) write_json(dir / "metrics.json", summary.metrics);
   run["status"] = "finished";
   run["final_loss"] = loss;
   run["epochs"] = c.method->contract().trains ? trainer.epochs() : 0;
   run["selection"] = to_string(recipe.train.selection);
   run["chosen"] = c.method->chosen();
-  write_json(dir / "run.json", run);
+  if (main) write_json(dir / "run.json", run);
+  world.barrier("the end of the run");  // no rank leaves while another may still need it
   if (!recipe.eval.transfer.empty()) evaluate_transfers(dir.string(), recipe.eval.transfer, log);
   return summary;
 }
@@ -196,7 +216,8 @@ json evaluate_run(const std::string& run_dir, const std::string& split, std::ost
   if (!fs::exists(dir / "recipe.ini")) throw Error(run_dir + ": not a run folder (no recipe.ini)");
   if (!fs::exists(dir / "method.safetensors")) throw Error(run_dir + ": run has not finished (no method.safetensors)");
   Recipe recipe = load_recipe({(dir / "recipe.ini").string()});
-  FolderLock lock(dir);  // it writes the split's confusion matrix and predictions there
+  std::unique_ptr<FolderLock> lock;  // it writes the split's confusion matrix and predictions there (rank 0)
+  if (dist::world().main()) lock = std::make_unique<FolderLock>(dir);
   RunContext c = open_run_context(recipe, (dir / "split.json").string());
   const auto state = (dir / "method.safetensors").string();
   c.method->load_state(read_safetensors(state), state);

@@ -16,6 +16,7 @@
 #include <vlmadapt/core/fs.h>
 #include <vlmadapt/core/progress.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/distributed.h>
 #include <vlmadapt/engine/run_context.h>
 
 #include "core/seeded.h"
@@ -67,6 +68,14 @@ void set_rng_state(const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+// A rank with no items in a batch would have no loss to take the gradient of.
+void require_slice(int64_t mine, int64_t whole) {
+  if (mine > 0) return;
+  throw Error("a batch of " + std::to_string(whole) + " item(s) cannot be split over WORLD_SIZE=" +
+              std::to_string(dist::world().size()) + " ranks (rank " + std::to_string(dist::world().rank()) +
+              " gets none): use fewer processes or a larger train.batch_size");
+}
+
 }  // namespace
 
 Trainer::Trainer(TrainerSetup setup) : s_(std::move(setup)) {
@@ -96,7 +105,7 @@ LoaderOptions Trainer::loader_options(int64_t epoch) const {
   o.workers = s_.recipe.data.workers;
   o.seed = static_cast<uint64_t>(s_.recipe.data.seed);
   o.epoch = epoch;
-  return o;
+  return o;  // the whole batches: run_epoch takes this rank's slice of each
 }
 
 namespace {
@@ -120,7 +129,7 @@ class AutocastScope {
 
 }  // namespace
 
-double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimizer) {
+double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimizer, double share) {
   torch::Tensor loss;
   {
     AutocastScope autocast(s_.recipe.train.autocast && s_.clip->logit_scale().is_cuda());
@@ -129,7 +138,23 @@ double Trainer::train_step(const Batch& batch, torch::optim::Optimizer& optimize
   if (!std::isfinite(loss.item<double>()))
     throw Error("training diverged: the loss is " + std::to_string(loss.item<double>()) + " (lower train.lr?)");
   optimizer.zero_grad();
-  loss.backward();
+  auto& world = dist::world();
+  if (world.size() > 1) {
+    // Data parallel: this rank's loss is the mean over its slice; weighted by the slice's
+    // share of the global batch and summed over the ranks, the gradients are those of the
+    // global batch's mean, the same on every rank, so the parameters stay identical.
+    loss = loss * share;
+    loss.backward();
+    std::vector<torch::Tensor> reduced;
+    for (const auto& group : optimizer.param_groups())
+      for (const auto& p : group.params())
+        if (p.grad().defined()) reduced.push_back(p.grad());
+    reduced.push_back(loss.detach().reshape({1}).clone());
+    world.all_reduce_sum(reduced, "the gradients");
+    loss = reduced.back().reshape({});
+  } else {
+    loss.backward();
+  }
   s_.method->after_backward();
   // Checked before the step: a non-finite gradient would poison the parameters and the
   // optimizer's moments, and every checkpoint after them.
@@ -154,7 +179,13 @@ void kill_point(const char* where, int64_t n) {
     const char* v = std::getenv("VLMADAPT_KILL_AT");
     return std::string(v ? v : "");
   }();
-  if (!at.empty() && at == std::string(where) + ":" + std::to_string(n)) std::raise(SIGKILL);
+  // VLMADAPT_KILL_RANK=<r>: only that rank of a distributed run dies (the launcher tests).
+  static const bool this_rank = [] {
+    const char* only = std::getenv("VLMADAPT_KILL_RANK");
+    const char* rank = std::getenv("RANK");
+    return !only || std::string(only) == (rank ? rank : "0");
+  }();
+  if (!at.empty() && this_rank && at == std::string(where) + ":" + std::to_string(n)) std::raise(SIGKILL);
 }
 
 double Trainer::located_step(int64_t epoch, int64_t step, const std::function<double()>& run_step) {
@@ -172,15 +203,22 @@ double Trainer::located_step(int64_t epoch, int64_t step, const std::function<do
 
 double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
   const auto device = s_.clip->logit_scale().device();
-  BatchLoader loader(*s_.dataset, s_.dataset->train, loader_options(epoch));
+  auto& world = dist::world();
+  LoaderOptions lo = loader_options(epoch);
+  lo.shard = world.rank();
+  lo.shards = world.size();
+  BatchLoader loader(*s_.dataset, s_.dataset->train, lo);
   Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(epochs_), loader.num_batches(), std::cerr);
   double total = 0;
   int64_t steps = 0;
+  const int64_t items = loader.num_items();
   for (PixelBatch pb; loader.next(pb);) {
+    const int64_t whole = std::min<int64_t>(lo.batch_size, items - steps * lo.batch_size);
     total += located_step(epoch, steps, [&] {
+      require_slice(pb.labels.size(0), whole);
       Batch batch = method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device));
       if (has_pseudo_) batch.pseudo = pseudo_flags(pb.indices).to(device);
-      return train_step(batch, optimizer);
+      return train_step(batch, optimizer, static_cast<double>(pb.labels.size(0)) / static_cast<double>(whole));
     });
     ++steps;  // not inside the call below: argument evaluation order is unspecified
     progress.update(steps, total / steps, learning_rate(s_.recipe.train, epoch, epochs_), pb.labels.size(0));
@@ -201,17 +239,24 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
   const int64_t usable = n >= bs ? n - n % bs : n;  // drop_last as the online loop
   double total = 0;
   int64_t steps = 0;
+  auto& world = dist::world();
   for (int64_t start = 0; start < usable; start += bs) {
     std::vector<int64_t> rows, images;
-    for (int64_t i = start; i < std::min(start + bs, usable); ++i) {
-      rows.push_back(static_cast<int64_t>(seeded::below(rng, views)) * n + order[i]);
+    const int64_t whole = std::min(start + bs, usable) - start;
+    const int64_t lo = start + whole * world.rank() / world.size(), hi = start + whole * (world.rank() + 1) / world.size();
+    for (int64_t i = start; i < start + whole; ++i) {
+      const int64_t view = static_cast<int64_t>(seeded::below(rng, views));  // drawn on every rank: the same stream
+      if (i < lo || i >= hi) continue;
+      rows.push_back(view * n + order[i]);
       images.push_back(order[i]);
     }
+    require_slice(hi - lo, whole);
+    const double share = static_cast<double>(hi - lo) / static_cast<double>(whole);
     auto index = torch::tensor(rows, torch::kLong);
     Batch batch{{}, view_features_.features.index_select(0, index).to(device),
                 view_features_.labels.index_select(0, index).to(device)};
     if (has_pseudo_) batch.pseudo = pseudo_flags(images).to(device);
-    total += located_step(epoch, steps, [&] { return train_step(batch, optimizer); });
+    total += located_step(epoch, steps, [&] { return train_step(batch, optimizer, share); });
     ++steps;
   }
   return steps ? total / steps : 0;
@@ -261,7 +306,7 @@ double Trainer::train(bool resume) {
 }
 
 void Trainer::save_checkpoint(int64_t epoch, torch::optim::Optimizer& optimizer, double loss) {
-  if (s_.checkpoint_dir.empty()) return;
+  if (s_.checkpoint_dir.empty() || !dist::world().main()) return;  // the global state: rank 0 writes it
   const fs::path root(s_.checkpoint_dir);
   const fs::path dir = root / ("epoch_" + std::to_string(epoch + 1));
   fs::create_directories(dir);

@@ -6,6 +6,7 @@
 
 #include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/core/error.h>
+#include <vlmadapt/engine/distributed.h>
 
 namespace vlmadapt::cli {
 
@@ -38,6 +39,8 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
       return c.main(std::vector<std::string>(args.begin() + 1, args.end()), out, err);
     } catch (const std::exception& e) {
       err << "vlmadapt " << c.name << ": error: " << e.what() << "\n";
+      // A distributed rank: the ranks waiting for this one will name it and its error.
+      if (dist::world_started()) dist::world().report_failure(e.what());
       return 1;
     }
   }

@@ -25,6 +25,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int64_t epoch = 0;
   Normalization norm;
+  // Data parallel: every rank forms the same batches (same order) and keeps only its
+  // contiguous slice of each, items [count*shard/shards, count*(shard+1)/shards).
+  int shard = 0;
+  int shards = 1;
 };
 
 struct PixelBatch {

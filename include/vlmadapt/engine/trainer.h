@@ -21,7 +21,8 @@ double learning_rate(const TrainOptions& options, int64_t epoch, int64_t epochs)
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& options, std::vector<torch::Tensor> params);
 
 // Fault injection for the resume tests (VLMADAPT_KILL_AT=<where>:<n>): dies as a killed
-// process (SIGKILL) when `where`:`n` is the point named.
+// process (SIGKILL) when `where`:`n` is the point named (with VLMADAPT_KILL_RANK=<r>:
+// only on that rank of a distributed run).
 void kill_point(const char* where, int64_t n);
 
 struct TrainerSetup {
@@ -41,8 +42,11 @@ class Trainer {
   double train(bool resume);
   int64_t epochs() const { return epochs_; }
   // One optimisation step on a batch (the method's loss, backward, clipping, update);
-  // returns the loss. Throws vlmadapt::Error when the loss is not finite.
-  double train_step(const Batch& batch, torch::optim::Optimizer& optimizer);
+  // returns the loss. Throws vlmadapt::Error when the loss is not finite. With several
+  // ranks (engine/distributed.h) `batch` is this rank's slice, `share` its fraction of the
+  // global batch: the gradients are weighted by it and summed over the ranks, and the
+  // loss returned is the global batch's.
+  double train_step(const Batch& batch, torch::optim::Optimizer& optimizer, double share = 1.0);
   // Called after each epoch's checkpoint (epoch is 0-based).
   std::function<void(int64_t epoch, double mean_loss)> on_epoch_end;
   // Called once the cached views of train.feature_views are ready, before the first epoch.
