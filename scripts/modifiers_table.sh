@@ -18,7 +18,7 @@ data=(--recipe recipes/datasets/fashion_mnist.ini)
 train() {  # name recipe [values...]
   local name=$1 recipe=$2
   shift 2
-  $VLM train "${data[@]}" --recipe "$recipe" --set output="$OUT" name="$name" force="${FORCE:-false}" "$@" >/dev/null
+  $VLM train "${data[@]}" --recipe "$recipe" --set output="$OUT" name="$name" force="${FORCE:-false}" "$@" >/dev/null 2>&1
 }
 
 t0=$(date +%s)
