@@ -406,7 +406,8 @@ TEST(DataOptions, BindsEveryFieldWithHelp) {
   o.bind(set);
   const std::vector<std::string> keys = {"dataset", "root", "split_file", "classnames_file",
                                          "shots", "val_shots", "seed", "classes", "corruption",
-                                         "severity", "test_limit", "workers", "support", "support_mode"};
+                                         "severity", "test_limit", "workers", "support", "support_mode",
+                                         "paradigm", "seen_fraction", "unlabelled_limit"};
   EXPECT_EQ(set.entries().size(), keys.size());
   for (const auto& k : keys) {
     const auto* e = set.find("data." + k);
