@@ -133,19 +133,21 @@ class Pseudolabel : public Method {
     const auto ce = torch::nn::functional::cross_entropy(
         logits(batch), batch.labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
     const auto pseudo = batch.pseudo.defined() ? batch.pseudo : torch::zeros_like(batch.labels, torch::kBool);
-    return group_mean(ce, ~pseudo) * labelled_weight_ + group_mean(ce, pseudo) * pseudo_weight_;
+    // w_l * mean over the labelled images + w_p * mean over the pseudolabelled ones, the
+    // means taken over the global batch: a rank's slice divides its sums by the global
+    // counts and by its share n / N, which the trainer multiplies back.
+    const double n = static_cast<double>(ce.size(0));
+    const double all = batch.global_items ? static_cast<double>(batch.global_items) : n;
+    const double pseudos = batch.global_items ? static_cast<double>(batch.global_pseudo) : pseudo.sum().item<double>();
+    const double per_labelled = labelled_weight_ / std::max(1.0, all - pseudos) * (all / n);
+    const double per_pseudo = pseudo_weight_ / std::max(1.0, pseudos) * (all / n);
+    return (ce * torch::where(pseudo, per_pseudo, per_labelled).to(ce.scalar_type())).sum();
   }
 
   std::pair<double, double> weights() const { return {labelled_weight_, pseudo_weight_}; }
 
  private:
   bool visual() const { return options_.prompt == PromptModality::Visual; }
-
-  // The mean of `values` where `mask` holds; 0 (in the graph) when it holds nowhere.
-  static torch::Tensor group_mean(const torch::Tensor& values, const torch::Tensor& mask) {
-    const auto count = mask.sum();
-    return (values * mask.to(values.scalar_type())).sum() / count.clamp_min(1).to(values.scalar_type());
-  }
 
   PseudolabelOptions options_;
   Clip clip_{nullptr};

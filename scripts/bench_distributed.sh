@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on one machine (docs/DISTRIBUTED.md): 1 and 2 processes with 1
-# thread each (vlmadapt launch -n 2 --threads 1), on Fashion-MNIST with the tiny fixture
+# thread each (vlmadapt launch -n 2 --threads 1; data.workers = 0, so that images are
+# decoded and augmented on that one thread too), on Fashion-MNIST with the tiny fixture
 # ViT. Prints, per world size: TPT evaluation in images per second (sharded test split)
 # and the seconds of one CoOp epoch (each rank half of every batch).
 # Usage: scripts/bench_distributed.sh        (VLM=build/bin/vlmadapt; about 2-4 minutes)
@@ -17,7 +18,7 @@ output = $TMP/runs
 dataset = fashion_mnist
 shots = 16
 seed = 1
-workers = 1
+workers = 0
 [model]
 checkpoint = $MODEL
 [train]

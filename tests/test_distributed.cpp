@@ -13,6 +13,8 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -66,11 +68,12 @@ dist::DistEnv two_ranks(int rank, int port) {
                  {"MASTER_PORT", std::to_string(port)}, {"VLMADAPT_DIST_TIMEOUT", "2"}});
 }
 
-std::string recipe(const fs::path& dir, const std::string& method, const std::string& extra = "") {
+std::string recipe(const fs::path& dir, const std::string& method, const std::string& extra = "",
+                   const std::string& model = vt::tiny_vit()) {
   const auto path = dir / (method + ".ini");
   std::ofstream(path) << "method = " << method << "\noutput = " << (dir / "runs").string() << "\n"
                       << "[data]\ndataset = fashion_mnist\nshots = 4\nseed = 1\ntest_limit = 60\n"
-                      << "[model]\ncheckpoint = " << vt::tiny_vit() << "\n"
+                      << "[model]\ncheckpoint = " << model << "\n"
                       << "[train]\nepochs = 2\nbatch_size = 8\n" << extra;
   return path.string();
 }
@@ -162,18 +165,18 @@ TEST(DistRendezvous, MissingPeersTimeOutNamingRank0) {
 
 // Two processes train CoOp to the one process's context (within 1e-5) and accuracy. The
 // two are not bit for bit the same (half batches through the image tower, and the
-// gradient summed in another order: about 1e-7 apart), and the random tiny fixture
-// model's logits hold near ties that such differences may flip: accuracy is compared to
-// within one image, and exactly against the 2-process state evaluated in one process.
+// gradient summed in another order: about 1e-7 apart), so the run is on the built-in
+// model, whose trained logits hold no ties that close (the random fixture's can); the
+// 2-process state evaluated again in one process gives its metrics exactly.
 TEST(DistRun, CoopOnTwoProcessesMatchesOne) {
   auto dir = vt::temp_dir("dist_coop");
-  const auto r = recipe(dir, "coop");
+  const auto r = recipe(dir, "coop", "", "default");
   std::string log;
   ASSERT_EQ(shell(one_process() + " train --recipe " + r + " --set name=one", dir / "one.log", &log), 0) << log;
   ASSERT_EQ(shell(two_processes() + " train --recipe " + r + " --set name=two", dir / "two.log", &log), 0) << log;
   EXPECT_NE(log.find("[rank 1] "), std::string::npos) << log;
   const auto one = run_dir(dir, "coop", "one"), two = run_dir(dir, "coop", "two");
-  EXPECT_NEAR(metrics_of(one)["test"]["top1"].get<double>(), metrics_of(two)["test"]["top1"].get<double>(), 100.0 / 60 + 1e-9);
+  EXPECT_EQ(metrics_of(one)["test"]["top1"], metrics_of(two)["test"]["top1"]);
   EXPECT_EQ(metrics_of(two)["test"]["count"].get<int>(), 60);
   ASSERT_EQ(shell(one_process() + " eval --run " + two.string(), dir / "eval.log", &log), 0) << log;
   const auto again = nlohmann::json::parse(vlmadapt::read_file((two / "metrics.json").string()));
@@ -248,4 +251,83 @@ TEST(DistRun, TheSurvivorOfADeadPeerNamesIt) {
   EXPECT_NE(log.find("failed on rank 0 of 2; no rank reported an error: rank(s) 1 exited"), std::string::npos) << log;
   EXPECT_LT(seconds, 120) << log;
   fs::remove_all(dir);
+}
+
+// The checkpoint holds the global state (parameters, optimiser, the loader's place in
+// global batches), so a run killed mid-epoch resumes under another world size: one
+// process killed and resumed by two, and two killed and resumed by one, end where one
+// uninterrupted process ends (within 1e-5: the gradient is summed in another order).
+TEST(DistRun, AKilledRunResumesUnderAnotherWorldSize) {
+  auto dir = vt::temp_dir("dist_resume");
+  const auto r = recipe(dir, "coop");  // 5 steps an epoch, 2 epochs
+  std::string log;
+  ASSERT_EQ(shell(one_process() + " train --recipe " + r + " --set name=straight", dir / "straight.log", &log), 0) << log;
+  const auto expected = vlmadapt::read_safetensors((run_dir(dir, "coop", "straight") / "method.safetensors").string());
+  const std::vector<std::pair<std::string, std::string>> cases = {{"one_then_two", one_process()},
+                                                                  {"two_then_one", two_processes()}};
+  for (const auto& [name, first] : cases) {
+    const std::string then = first == one_process() ? two_processes() : one_process();
+    EXPECT_NE(shell("VLMADAPT_KILL_AT=step:7 " + first + " train --recipe " + r + " --set name=" + name,
+                    dir / (name + ".log"), &log), 0) << name << ": " << log;
+    const auto killed = run_dir(dir, "coop", name);
+    ASSERT_FALSE(fs::exists(killed / "method.safetensors")) << name;
+    const auto latest = nlohmann::json::parse(vlmadapt::read_file((killed / "checkpoint" / "latest.json").string()));
+    EXPECT_EQ(latest["epoch"], 1) << name;
+    ASSERT_EQ(shell(then + " train --recipe " + r + " --set name=" + name + " --resume", dir / (name + "_resumed.log"),
+                    &log), 0) << name << ": " << log;
+    const auto resumed = vlmadapt::read_safetensors((killed / "method.safetensors").string());
+    for (const auto& [key, t] : expected)
+      EXPECT_LT((t - resumed.at(key)).abs().max().item<double>(), 1e-5) << name << ": " << key;
+  }
+  fs::remove_all(dir);
+}
+
+// Pseudolabel rounds over two ranks: every rank scores the unlabelled images and picks
+// the same pseudolabels, rank 0 alone writes each round, and the prompt ends within 1e-5
+// of one process's.
+TEST(DistRun, PseudolabelRoundsOnTwoProcessesMatchOne) {
+  auto dir = vt::temp_dir("dist_pseudolabel");
+  const auto path = dir / "pl.ini";
+  std::ofstream(path) << "method = pseudolabel\noutput = " << (dir / "runs").string() << "\n"
+                      << "[data]\ndataset = fashion_mnist\nparadigm = ssl\nshots = 2\nunlabelled_limit = 40\n"
+                      << "test_limit = 20\n[model]\ncheckpoint = default\n"
+                      << "[train]\nepochs = 2\nbatch_size = 8\nlr = 0.1\naugment = false\nselection = none\n"
+                      << "[pseudolabel]\nstrategy = grip\nrounds = 2\n";
+  std::string log;
+  const std::string r = " train --recipe " + path.string() + " --set name=";
+  ASSERT_EQ(shell(one_process() + r + "one", dir / "one.log", &log), 0) << log;
+  ASSERT_EQ(shell(two_processes() + r + "two", dir / "two.log", &log), 0) << log;
+  const auto run = [&](const std::string& name) {
+    return dir / "runs" / "fashion_mnist" / "pseudolabel" / (name + "_2shot") / "seed1";
+  };
+  for (const char* round : {"round_1", "round_2"}) {
+    const auto labels = [&](const std::string& name) {
+      return nlohmann::json::parse(vlmadapt::read_file((run(name) / "rounds" / round / "pseudolabels.json").string()));
+    };
+    EXPECT_EQ(labels("one")["pseudolabels"], labels("two")["pseudolabels"]) << round;
+  }
+  const auto a = vlmadapt::read_safetensors((run("one") / "method.safetensors").string());
+  const auto b = vlmadapt::read_safetensors((run("two") / "method.safetensors").string());
+  for (const auto& [key, t] : a) EXPECT_LT((t - b.at(key)).abs().max().item<double>(), 1e-5) << key;
+  fs::remove_all(dir);
+}
+
+// A stream is answered by one process: under the launcher it is refused, naming why.
+TEST(DistRun, AStreamUnderTheLauncherIsRefused) {
+  auto dir = vt::temp_dir("dist_stream");
+  std::string log;
+  EXPECT_NE(shell(two_processes() + " tta --recipe " + recipe(dir, "tpt") + " --stream " + dir.string(), dir / "log",
+                  &log), 0);
+  EXPECT_NE(log.find("--stream: a stream is read by one process (WORLD_SIZE=2)"), std::string::npos) << log;
+  fs::remove_all(dir);
+}
+
+// "cuda" takes GPU LOCAL_RANK in a distributed run; an index given stays.
+TEST(DistEnv, EachRankOfAMachineTakesItsOwnGpu) {
+  const auto env = env_of({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "h"},
+                           {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(dist::rank_device("cuda", env), "cuda:1");
+  EXPECT_EQ(dist::rank_device("cuda:0", env), "cuda:0");
+  EXPECT_EQ(dist::rank_device("cpu", env), "cpu");
+  EXPECT_EQ(dist::rank_device("cuda", env_of({})), "cuda");
 }

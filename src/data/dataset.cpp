@@ -135,7 +135,7 @@ void DataOptions::bind(OptionSet& set) {
            "ImageNet-C style corruption of every image (gaussian_noise, defocus_blur, ...); \"\" = none")
       .add("severity", severity, "corruption severity 1..5 (with data.corruption)").range(1, 5)
       .add("test_limit", test_limit, ">0: a fixed seeded subset of this many test images").at_least(0)
-      .add("workers", workers, "image decoding/augmentation threads").range(1, 256)
+      .add("workers", workers, "image decoding/augmentation threads (0: on the calling thread)").range(0, 256)
       .add("support", support,
            "folder <class>/<images> of extra labelled images for the support set (cache) of training-free "
            "methods, e.g. retrieved or generated ones as CapS-Adapter; folder names match class names ('_' as ' ', "

@@ -1,5 +1,7 @@
-// The only file that includes c10d: rendezvous (TCPStore), the Gloo process group, and
-// the few collectives the loop and the evaluator need, each with errors that name ranks.
+// The only file that includes c10d: rendezvous (TCPStore), the Gloo or NCCL process
+// group, and the few collectives the loop and the evaluator need, each with errors that
+// name ranks. NCCL is compiled in only where libtorch was built with it (TorchConfig
+// defines USE_C10D_NCCL; Debian's CPU libtorch does not).
 #ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO 1  // TorchConfig usually defines it
 #endif
@@ -7,6 +9,10 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -79,15 +85,46 @@ std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int ranks, int64_t 
   return {std::min(n, lo * align), std::min(n, hi * align)};
 }
 
+std::string rank_device(const std::string& device, const DistEnv& env) {
+  if (env.world_size > 1 && device == "cuda") return "cuda:" + std::to_string(env.local_rank);
+  return device;
+}
+
+bool nccl_built() {
+#ifdef USE_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 struct Group::Impl {
   DistEnv env;
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  at::Device device{at::kCPU};  // where the collectives' buffers live: the GPU for NCCL
 };
+
+namespace {
+
+c10::intrusive_ptr<c10d::ProcessGroup> gloo_group(const c10::intrusive_ptr<c10d::TCPStore>& store, const DistEnv& env,
+                                                  std::chrono::milliseconds timeout) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  else if (env.master_addr == "127.0.0.1" || env.master_addr == "localhost")
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  else
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  options->threads = 2;
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, options);
+}
+
+}  // namespace
 
 Group::Group() = default;
 
-Group::Group(const DistEnv& env) : rank_(env.rank), size_(env.world_size) {
+Group::Group(const DistEnv& env, const std::string& device) : rank_(env.rank), size_(env.world_size) {
   if (env.world_size == 1) return;
   impl_ = std::make_unique<Impl>();
   impl_->env = env;
@@ -112,15 +149,16 @@ Group::Group(const DistEnv& env) : rank_(env.rank), size_(env.world_size) {
                 std::to_string(static_cast<int>(env.timeout_s)) + " s: " + what.substr(0, what.find('\n')));
   }
   try {
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    else if (env.master_addr == "127.0.0.1" || env.master_addr == "localhost")
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    else
-      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    options->threads = 2;
-    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world_size, options);
+#ifdef USE_C10D_NCCL
+    if (device.rfind("cuda", 0) == 0) {
+      impl_->device = at::Device(rank_device(device, env));
+      c10::cuda::set_device(impl_->device.index());  // NCCL's communicator binds to the current device
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world_size, options);
+    }
+#endif
+    if (!impl_->pg) impl_->pg = gloo_group(impl_->store, env, timeout);  // GPU tensors then go through the host
   } catch (const std::exception& e) {
     fail("connecting the process group", e);
   }
@@ -169,7 +207,7 @@ void Group::fail(const std::string& what, const std::exception& e) {
 void Group::all_reduce_sum(const std::vector<at::Tensor>& tensors, const std::string& what) {
   if (!impl_ || tensors.empty()) return;
   std::vector<at::Tensor> flat_parts;
-  for (const auto& t : tensors) flat_parts.push_back(t.detach().to(at::kCPU, at::kFloat).reshape({-1}));
+  for (const auto& t : tensors) flat_parts.push_back(t.detach().to(impl_->device, at::kFloat).reshape({-1}));
   std::vector<at::Tensor> buffer{at::cat(flat_parts)};
   try {
     impl_->pg->allreduce(buffer)->wait();
@@ -190,7 +228,7 @@ at::Tensor Group::all_gather_rows(const at::Tensor& rows, const std::vector<int6
   const int64_t most = *std::max_element(counts.begin(), counts.end());
   auto shape = rows.sizes().vec();
   shape[0] = most;
-  auto padded = at::zeros(shape, rows.options().device(at::kCPU));
+  auto padded = at::zeros(shape, rows.options().device(impl_->device));
   if (rows.size(0) > 0) padded.narrow(0, 0, rows.size(0)).copy_(rows);
   std::vector<at::Tensor> input{padded};
   std::vector<std::vector<at::Tensor>> output(1);
@@ -202,7 +240,7 @@ at::Tensor Group::all_gather_rows(const at::Tensor& rows, const std::vector<int6
   }
   std::vector<at::Tensor> parts;
   for (int r = 0; r < size_; ++r) parts.push_back(output[0][static_cast<size_t>(r)].narrow(0, 0, counts[static_cast<size_t>(r)]));
-  return at::cat(parts);
+  return at::cat(parts).to(rows.device());
 }
 
 void Group::barrier(const std::string& what) {
@@ -219,11 +257,11 @@ std::mutex world_mutex;
 std::unique_ptr<Group> the_world;
 }  // namespace
 
-Group& world() {
+Group& world(const std::string& device) {
   std::lock_guard<std::mutex> lock(world_mutex);
   if (!the_world) {
     const DistEnv env = env_from_environment();
-    the_world = env.present ? std::make_unique<Group>(env) : std::make_unique<Group>();
+    the_world = env.present ? std::make_unique<Group>(env, device) : std::make_unique<Group>();
   }
   return *the_world;
 }

@@ -124,7 +124,7 @@ RunSummary run_recipe(const Recipe& recipe, bool resume, std::ostream& log) {
   }
   // Distributed (engine/distributed.h): every rank runs the recipe, rank 0 alone writes
   // the run folder; the others read only what a resumed run left there.
-  auto& world = dist::world();
+  auto& world = dist::world(recipe.model.device);
   const bool main = world.main();
   const auto adaptation = make_method(recipe.method_options())->contract().adaptation;
   if (world.size() > 1 && adaptation == Adaptation::Online)

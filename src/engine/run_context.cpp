@@ -5,6 +5,7 @@
 #include <vlmadapt/backbone/checkpoint.h>
 #include <vlmadapt/data/corruption.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/distributed.h>
 
 namespace vlmadapt {
 namespace fs = std::filesystem;
@@ -55,7 +56,7 @@ Clip load_model(const ModelOptions& model, std::string* resolved) {
   const std::string path = resolve_checkpoint(model.checkpoint);
   if (resolved) *resolved = path;
   LoadOptions lo;
-  lo.device = model.device;
+  lo.device = dist::rank_device(model.device, dist::env_from_environment());  // cuda -> cuda:LOCAL_RANK
   lo.half = model.half;
   return load_clip(path, lo);
 }

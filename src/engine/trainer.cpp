@@ -84,6 +84,14 @@ Trainer::Trainer(TrainerSetup setup) : s_(std::move(setup)) {
     for (const Item& it : s_.dataset->train) has_pseudo_ = has_pseudo_ || it.pseudo;
 }
 
+void Trainer::mark_pseudo(Batch& batch, const std::vector<int64_t>& positions, int64_t whole) const {
+  batch.pseudo = pseudo_flags(positions).to(batch.labels.device());
+  batch.global_items = whole;
+  auto count = torch::tensor({batch.pseudo.sum().item<int64_t>()}, torch::kLong);
+  dist::world().all_reduce_sum({count}, "the batch's pseudolabel count");  // a rank sees its slice only
+  batch.global_pseudo = count.item<int64_t>();
+}
+
 torch::Tensor Trainer::pseudo_flags(const std::vector<int64_t>& positions) const {
   auto flags = torch::empty({static_cast<int64_t>(positions.size())}, torch::kBool);
   auto* out = flags.data_ptr<bool>();
@@ -217,7 +225,7 @@ double Trainer::run_epoch(int64_t epoch, torch::optim::Optimizer& optimizer) {
     total += located_step(epoch, steps, [&] {
       require_slice(pb.labels.size(0), whole);
       Batch batch = method_batch(*s_.method, s_.clip, pb.pixels.to(device), pb.labels.to(device));
-      if (has_pseudo_) batch.pseudo = pseudo_flags(pb.indices).to(device);
+      if (has_pseudo_) mark_pseudo(batch, pb.indices, whole);
       return train_step(batch, optimizer, static_cast<double>(pb.labels.size(0)) / static_cast<double>(whole));
     });
     ++steps;  // not inside the call below: argument evaluation order is unspecified
@@ -255,7 +263,7 @@ double Trainer::run_cached_epoch(int64_t epoch, torch::optim::Optimizer& optimiz
     auto index = torch::tensor(rows, torch::kLong);
     Batch batch{{}, view_features_.features.index_select(0, index).to(device),
                 view_features_.labels.index_select(0, index).to(device)};
-    if (has_pseudo_) batch.pseudo = pseudo_flags(images).to(device);
+    if (has_pseudo_) mark_pseudo(batch, images, whole);
     total += located_step(epoch, steps, [&] { return train_step(batch, optimizer, share); });
     ++steps;
   }

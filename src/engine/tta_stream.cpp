@@ -11,6 +11,7 @@
 #include <vlmadapt/data/image.h>
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/engine/dispatch.h>
+#include <vlmadapt/engine/distributed.h>
 #include <vlmadapt/engine/run.h>
 #include <vlmadapt/engine/run_context.h>
 #include <vlmadapt/adapt/tta.h>
@@ -85,6 +86,11 @@ void load_stream_state(RunContext& c, const std::string& file) {
 int stream_predictions(const Recipe& recipe, const std::vector<std::string>& inputs, std::istream& in,
                        std::ostream& out, std::ostream& log, const std::string& state_file) {
   if (inputs.empty()) throw Error("--stream: give image files, folders, or - to read paths from stdin");
+  // One process reads the stream and answers each image in turn; N processes would each
+  // answer all of it.
+  if (const auto env = dist::env_from_environment(); env.world_size > 1)
+    throw Error("--stream: a stream is read by one process (WORLD_SIZE=" + std::to_string(env.world_size) +
+                "); run it without vlmadapt launch, or shard a dataset split with vlmadapt tta --recipe");
   RunContext c = open_class_context(recipe);
   if (!state_file.empty()) load_stream_state(c, state_file);
   const TtaViewOptions v = c.view_options();

@@ -135,6 +135,10 @@ struct Batch {
   torch::Tensor image_features;  // [B,E], not normalised
   torch::Tensor labels;          // [B] int64 (training and evaluation)
   torch::Tensor pseudo;          // [B] bool: the label is a pseudolabel; undefined when none is
+  // Data parallel (engine/distributed.h): the items and pseudolabels of the global batch
+  // this one is a rank's slice of, for losses normalised per group rather than per batch
+  // (the trainer scales each rank's loss by its slice's share); 0: this batch is whole.
+  int64_t global_items = 0, global_pseudo = 0;
 };
 
 // One round of pseudolabel training (contract().pseudolabels), as on_round_begin sees it.

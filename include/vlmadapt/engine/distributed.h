@@ -1,10 +1,11 @@
 // Data parallel across processes, rendezvous as torchrun does it: RANK, WORLD_SIZE,
 // LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the environment, c10d's TCPStore (served
-// by rank 0) and ProcessGroupGloo. Without those variables world() is one process and
-// every collective returns its input: everything runs as before.
+// by rank 0), and ProcessGroupGloo on CPU or ProcessGroupNCCL when the run's device is a
+// GPU and libtorch was built with NCCL (each rank then takes GPU LOCAL_RANK). Without
+// those variables world() is one process and every collective returns its input:
+// everything runs as before.
 //
-// Only src/engine/distributed.cpp includes the c10d headers. Collectives run on CPU
-// tensors (Gloo); CUDA tensors are copied through the host (no NCCL yet). Every
+// Only src/engine/distributed.cpp includes the c10d headers. Every
 // collective and the rendezvous give up after VLMADAPT_DIST_TIMEOUT seconds (default
 // 300) with an error naming the rank(s) or the variable at fault, never a hang.
 #pragma once
@@ -36,7 +37,9 @@ DistEnv env_from_environment();
 class Group {
  public:
   Group();  // one process
-  explicit Group(const DistEnv& env);  // connects; throws vlmadapt::Error on failure
+  // Connects; throws vlmadapt::Error on failure. `device` (the run's model.device) picks
+  // the backend: NCCL for "cuda..." where built, else Gloo.
+  Group(const DistEnv& env, const std::string& device = "cpu");
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
@@ -61,11 +64,18 @@ class Group {
   [[noreturn]] void fail(const std::string& what, const std::exception& e);
 };
 
-// The process-wide group: connects on first use when the variables are present.
-Group& world();
+// The process-wide group: connects on first use when the variables are present, for the
+// run's `device` (later calls get the group already connected).
+Group& world(const std::string& device = "cpu");
 // Whether world() is connected (false before first use and in a single process);
 // does not connect.
 bool world_started();
+
+// The device a rank runs on: "cuda" without an index becomes "cuda:LOCAL_RANK" in a
+// distributed run, so that each process of a machine takes its own GPU.
+std::string rank_device(const std::string& device, const DistEnv& env);
+// Whether this libtorch has ProcessGroupNCCL (USE_C10D_NCCL).
+bool nccl_built();
 
 // Items [begin, end) of `n` that `rank` of `ranks` takes: contiguous blocks of `align`
 // items (a batch: then every rank's batches are the single process's batches).

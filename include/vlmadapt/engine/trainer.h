@@ -63,6 +63,8 @@ class Trainer {
   LoaderOptions loader_options(int64_t epoch) const;
   // Batch::pseudo of the train items at `positions`.
   torch::Tensor pseudo_flags(const std::vector<int64_t>& positions) const;
+  // The batch's pseudolabel flags, and the global batch's counts (`whole` items).
+  void mark_pseudo(Batch& batch, const std::vector<int64_t>& positions, int64_t whole) const;
 
   TrainerSetup s_;
   int64_t epochs_;
