@@ -24,14 +24,14 @@ LoaderOptions RunContext::test_loader() const {
 namespace {
 
 // Features of `items` of `data`: V augmented views (view-major), or the test view.
-FeatureSet support_part(RunContext& c, FeatureCache& cache, const Dataset& data, const std::vector<Item>& items, int views) {
-  if (views == 0) return cache.features(c.clip, data, items, c.test_loader(), test_transform_tag(c.recipe, c.clip->image_resolution()));
+FeatureSet support_part(RunContext& c, const Dataset& data, const std::vector<Item>& items, int views) {
+  if (views == 0) return c.test_features(data, items);
   LoaderOptions o = c.test_loader();
   o.augmentation.size = o.n_px;
   o.augmentation.scale_min = c.recipe.train.scale_min;
   o.augmentation.flip = c.recipe.train.flip;
   o.seed = static_cast<uint64_t>(c.recipe.data.seed);
-  return augmented_view_features(c.clip, data, items, o, views, &cache);
+  return augmented_view_features(c.clip, data, items, o, views, c.cache.get());
 }
 
 // Two view-major sets joined image-wise, so that the result is view-major too.
@@ -51,9 +51,6 @@ FitData fit_data(RunContext& c) {
     throw Error("data.support: method " + c.recipe.method + " does not fit a support set (only training-free methods take one)");
   if (data.support_mode == "replace" && data.support.empty())
     throw Error("data.support_mode = replace: data.support names no folder to replace the few-shot images with");
-  FeatureCache uncached("", "");  // contexts without a cache (benchmarks, tests) compute
-  FeatureCache& cache = c.cache ? *c.cache : uncached;
-  const std::string tag = test_transform_tag(c.recipe, c.clip->image_resolution());
   FitData d;
   d.selection = c.recipe.train.selection;
   d.views = std::max(1, contract.support_views);
@@ -61,16 +58,16 @@ FitData fit_data(RunContext& c) {
   if (contract.support_views < 0 && !data.support.empty())
     throw Error("data.support: method " + c.recipe.method + " takes no support set");
   const bool with_train = contract.support_views >= 0 && (data.support.empty() || data.support_mode == "add");
-  if (with_train) d.support = support_part(c, cache, c.task, c.task.train, contract.support_views);
+  if (with_train) d.support = support_part(c, c.task, c.task.train, contract.support_views);
   if (!data.support.empty()) {
     Dataset extra = open_support_folder(data.support, c.task.classnames);
-    FeatureSet more = support_part(c, cache, extra, extra.train, contract.support_views);
+    FeatureSet more = support_part(c, extra, extra.train, contract.support_views);
     d.support = with_train ? join_views(d.support, more, d.views) : more;
   }
   if (d.selection == Selection::Val)
-    d.val = cache.features(c.clip, c.task, c.task.val, c.test_loader(), tag);
+    d.val = c.test_features(c.task, c.task.val);
   if (contract.unlabelled_test)
-    d.unlabelled = cache.features(c.clip, c.task, c.task.test, c.test_loader(), tag).features;
+    d.unlabelled = c.test_features(c.task, c.task.test).features;
   return d;
 }
 

@@ -13,6 +13,7 @@
 #include <vlmadapt/data/loader.h>
 #include <vlmadapt/engine/dispatch.h>
 #include <vlmadapt/engine/distributed.h>
+#include <vlmadapt/engine/run.h>
 #include <vlmadapt/engine/trainer.h>
 
 #include "core/seeded.h"
@@ -72,9 +73,7 @@ torch::Tensor pseudolabel_scores(RunContext& c, const Dataset& data, const std::
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> parts;
   if (method.contract().input == Input::Features) {
-    FeatureCache uncached("", "");
-    FeatureCache& cache = c.cache ? *c.cache : uncached;
-    FeatureSet f = cache.features(c.clip, data, items, c.test_loader(), test_transform_tag(c.recipe, c.clip->image_resolution()));
+    FeatureSet f = c.test_features(data, items);
     const int64_t bs = c.recipe.eval.batch_size;
     for (int64_t start = 0; start < f.features.size(0); start += bs) {
       const int64_t len = std::min(bs, f.features.size(0) - start);
@@ -120,7 +119,7 @@ std::vector<Item> load_pseudolabels(const fs::path& file, const Dataset& task) {
   for (const Item& it : task.unlabelled) known.insert(it.ref);
   std::vector<Item> out;
   try {
-    const json saved = json::parse(read_file(file.string()));  // kept alive for the loop below
+    const json saved = read_json(file);  // kept alive for the loop below
     for (const json& e : saved.at("pseudolabels")) {
       Item it{e.at(0).get<std::string>(), e.at(1).get<int64_t>(), true};
       if (!known.count(it.ref) || it.label < 0 || it.label >= static_cast<int64_t>(task.classnames.size()))
@@ -138,7 +137,7 @@ std::pair<int64_t, double> committed_rounds(const fs::path& root) {
   const fs::path latest = root / "latest.json";
   if (!fs::exists(latest)) return {0, 0.0};
   try {
-    const json j = json::parse(read_file(latest.string()));
+    const json j = read_json(latest);
     return {j.at("round").get<int64_t>(), j.at("loss").get<double>()};
   } catch (const json::exception& e) {
     throw Error(latest.string() + ": corrupt round index: " + e.what());

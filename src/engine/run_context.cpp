@@ -52,6 +52,11 @@ EvalSetup eval_setup(const RunContext& c, const Dataset& data, const std::string
   return s;
 }
 
+FeatureSet RunContext::test_features(const Dataset& data, const std::vector<Item>& items) {
+  FeatureCache none("", "");
+  return (cache ? *cache : none).features(clip, data, items, test_loader(), test_transform_tag(recipe, clip->image_resolution()));
+}
+
 Clip load_model(const ModelOptions& model, std::string* resolved) {
   const std::string path = resolve_checkpoint(model.checkpoint);
   if (resolved) *resolved = path;

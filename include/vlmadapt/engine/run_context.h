@@ -34,6 +34,9 @@ struct RunContext {
   TtaViewOptions view_options() const;
   // How frozen features of the test view are computed (eval batch size and workers).
   LoaderOptions test_loader() const;
+  // Frozen features of the test view of `items` of `data`, through the cache if there is
+  // one (benchmarks' and tests' contexts have none and compute).
+  FeatureSet test_features(const Dataset& data, const std::vector<Item>& items);
 };
 
 // How the evaluator scores the context's method on `data` (one of its splits), writing
