@@ -16,6 +16,7 @@
 #include "methods/cocoop.h"
 #include "methods/coop.h"
 #include "methods/pre.h"
+#include "test_support.h"
 #include "test_util.h"
 
 namespace vt = vlmadapt::testing;
@@ -34,10 +35,7 @@ const std::vector<std::string> kClasses = {"T-shirt/top", "Trouser", "Pullover",
                                            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
 const int64_t kC = static_cast<int64_t>(kClasses.size());
 
-vlmadapt::Clip& clip() {
-  static vlmadapt::Clip c = vlmadapt::load_clip(vt::tiny_vit());
-  return c;
-}
+vlmadapt::Clip& clip() { return vt::tiny_vit_clip(); }
 
 vlmadapt::TaskContext task() {
   vlmadapt::TaskContext t;

@@ -13,6 +13,7 @@
 #include "methods/prograd.h"
 #include "methods/promptsrc.h"
 #include "methods/zeroshot.h"
+#include "test_support.h"
 #include "test_util.h"
 
 namespace vt = vlmadapt::testing;
@@ -24,10 +25,7 @@ namespace {
 
 const std::vector<std::string> kClasses = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"};
 
-vlmadapt::Clip& clip() {
-  static vlmadapt::Clip c = vlmadapt::load_clip(vt::tiny_vit());
-  return c;
-}
+vlmadapt::Clip& clip() { return vt::tiny_vit_clip(); }
 
 TaskContext task() {
   TaskContext t;

@@ -22,6 +22,7 @@
 #include <vlmadapt/engine/run.h>
 
 #include "methods/pseudolabel.h"
+#include "test_support.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -192,10 +193,7 @@ namespace {
 
 namespace m = vlmadapt::methods;
 
-vlmadapt::Clip& clip() {
-  static vlmadapt::Clip c = vlmadapt::load_clip(vt::tiny_vit());
-  return c;
-}
+vlmadapt::Clip& clip() { return vt::tiny_vit_clip(); }
 
 vlmadapt::TaskContext task() {
   vlmadapt::TaskContext t;
@@ -313,13 +311,7 @@ TEST(PseudolabelMethod, VisualPromptsAreImageTokensBeforeAFixedClassifier) {
 
 namespace {
 
-int cli(std::vector<std::string> args, std::string* out = nullptr) {
-  std::ostringstream o, e;
-  vlmadapt::Progress::quiet() = true;
-  const int code = vlmadapt::cli::run(args, o, e);
-  if (out) *out = o.str() + e.str();
-  return code;
-}
+int cli(const std::vector<std::string>& args, std::string* out = nullptr) { return vt::run_cli(args, out); }
 
 std::string round_recipe(const fs::path& dir) {
   const auto path = dir / "pl.ini";

@@ -9,6 +9,7 @@
 
 #include "bench/bench.h"
 #include "methods/ramt.h"
+#include "test_support.h"
 #include "test_util.h"
 
 namespace vt = vlmadapt::testing;
@@ -23,10 +24,7 @@ const std::vector<std::string> kClasses = {"T-shirt/top", "Trouser", "Ankle_Boot
 const std::vector<std::string> kWritten = {"t-shirt/top", "trouser", "ankle boot"};
 const std::string kTemplate = "a photo of a {}, a type of clothing.";
 
-vlmadapt::Clip& clip() {
-  static vlmadapt::Clip c = vlmadapt::load_clip(vt::tiny_vit());
-  return c;
-}
+vlmadapt::Clip& clip() { return vt::tiny_vit_clip(); }
 
 TaskContext task(uint64_t seed = 1) {
   TaskContext t;

@@ -15,6 +15,7 @@
 
 #include <vlmadapt/adapt/method.h>
 #include <vlmadapt/cli/cli.h>
+#include "test_support.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -32,13 +33,7 @@ std::string recipe(const fs::path& dir, const std::string& method, const std::st
   return path.string();
 }
 
-int cli(std::vector<std::string> args, std::string* out = nullptr) {
-  std::ostringstream o, e;
-  vlmadapt::Progress::quiet() = true;
-  int code = vlmadapt::cli::run(args, o, e);
-  if (out) *out = o.str() + e.str();
-  return code;
-}
+int cli(const std::vector<std::string>& args, std::string* out = nullptr) { return vt::run_cli(args, out); }
 
 nlohmann::json metrics_of(const fs::path& run) {
   return nlohmann::json::parse(vlmadapt::read_file((run / "metrics.json").string()));
@@ -334,7 +329,7 @@ TEST(Run, RecipeErrorsNameTheKey) {
   // Counts and sizes out of range are refused before anything runs (a batch size of 0
   // used to loop forever over a warm feature cache).
   for (const std::string bad : {"eval.batch_size=0", "train.epochs=-2", "eval.views=0", "data.shots=-1",
-                                "data.severity=0", "data.test_limit=-5", "data.workers=0", "train.adam_eps=0",
+                                "data.severity=0", "data.test_limit=-5", "data.workers=-1", "train.adam_eps=0",
                                 "eval.runs=0", "eval.scale_min=0"}) {
     EXPECT_EQ(cli({"train", "--recipe", recipe(dir, "coop"), "--set", bad}, &out), 1) << bad;
     EXPECT_NE(out.find(bad.substr(0, bad.find('='))), std::string::npos) << out;

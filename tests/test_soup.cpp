@@ -15,6 +15,7 @@
 #include <vlmadapt/core/safetensors.h>
 #include <vlmadapt/engine/soup.h>
 
+#include "test_support.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -24,13 +25,7 @@ using vlmadapt::TensorMap;
 
 namespace {
 
-int cli(const std::vector<std::string>& args, std::string* out = nullptr) {
-  std::ostringstream o, e;
-  vlmadapt::Progress::quiet() = true;
-  const int code = vlmadapt::cli::run(args, o, e);
-  if (out) *out = o.str() + e.str();
-  return code;
-}
+int cli(const std::vector<std::string>& args, std::string* out = nullptr) { return vt::run_cli(args, out); }
 
 json json_of(const fs::path& file) { return json::parse(vlmadapt::read_file(file.string())); }
 TensorMap state_of(const fs::path& run) { return vlmadapt::read_safetensors((run / "method.safetensors").string()); }

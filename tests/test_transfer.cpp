@@ -16,6 +16,7 @@
 #include <vlmadapt/data/dataset.h>
 #include <vlmadapt/data/image.h>
 
+#include "test_support.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -24,13 +25,7 @@ using nlohmann::json;
 
 namespace {
 
-int cli(const std::vector<std::string>& args, std::string* out = nullptr) {
-  std::ostringstream o, e;
-  vlmadapt::Progress::quiet() = true;
-  const int code = vlmadapt::cli::run(args, o, e);
-  if (out) *out = o.str() + e.str();
-  return code;
-}
+int cli(const std::vector<std::string>& args, std::string* out = nullptr) { return vt::run_cli(args, out); }
 
 json json_of(const fs::path& file) { return json::parse(vlmadapt::read_file(file.string())); }
 

@@ -9,6 +9,7 @@
 #include <vlmadapt/backbone/checkpoint.h>
 
 #include "methods/clip_lora.h"
+#include "test_support.h"
 #include "test_util.h"
 
 namespace vt = vlmadapt::testing;
@@ -19,10 +20,7 @@ namespace {
 
 const std::vector<std::string> kClasses = {"T-shirt/top", "Trouser", "Pullover"};
 
-vlmadapt::Clip& clip() {
-  static vlmadapt::Clip c = vlmadapt::load_clip(vt::tiny_vit());
-  return c;
-}
+vlmadapt::Clip& clip() { return vt::tiny_vit_clip(); }
 
 TaskContext task() {
   TaskContext t;
