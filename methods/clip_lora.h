@@ -7,10 +7,11 @@
 // state holds only the A and B factors. Defaults are the paper's fixed ones: r = 2,
 // alpha = 1, q, k and v of every block of both towers, one template "a photo of a {}.";
 // the recipe has AdamW 2e-4, weight decay 1e-2, batch 32, crops of scale 0.08-1.
-// Where this differs from the code: the LoRA branch's input dropout (p = 0.25, training
-// only) is not applied, because the update is a modifier of the weight, not of the layer's
-// input (the code's eval path, merged weights, is what runs here in training too); the
-// schedule is the shared loop's per-epoch cosine rather than per-iteration over 500·K
+// The LoRA branch's input dropout (p = 0.25) is the code's: in a training pass (autograd
+// on) each factor pair is a branch beside its linear map, s * B(A(dropout(x))), with a
+// dropout of its own (the code's LinearLoRA per q, k, v); without autograd (evaluation)
+// the updates are merged into the weights, as the code's eval path. Where this differs
+// from the code: the schedule is the shared loop's per-epoch cosine rather than per-iteration over 500·K
 // iterations (the recipe's epochs give about 500·K iterations for its dataset); fp32
 // instead of fp16 autocast; the logit scale is the model's (100 for OpenAI's weights, as
 // the code's fixed 100).
@@ -46,6 +47,7 @@ struct ClipLoraOptions {
   LoraEncoder encoder = LoraEncoder::Both;
   LoraPosition position = LoraPosition::All;
   std::vector<std::string> params{"q", "k", "v"};
+  double dropout = 0.25;
   std::string templ = "a photo of a {}.";
   void bind(OptionSet& s) {
     s.add("rank", rank, "rank r of each update B*A").at_least(1);
@@ -53,6 +55,7 @@ struct ClipLoraOptions {
     s.add("encoder", encoder, "which towers are adapted");
     s.add("position", position,
           "which blocks: all, bottom / mid / up (thirds), half-up, half-bottom, top3 (the last 3)");
+    s.add("dropout", dropout, "dropout on the input of each B*A branch while training (0: none)").range(0, 1);
     s.add("params", params, "which attention matrices, '|'-separated from q, k, v, o (the output projection)");
     s.add("template", templ, "the one prompt of the class features");
   }
@@ -76,13 +79,32 @@ class ClipLora : public Method {
     return cosine_logits(clip_, clip_->encode_image(batch.pixels), text_features());
   }
 
-  // The weight modifiers for the current factors: W + s * B * A on each adapted matrix.
+  // The current factors as hooks of the towers: in a training pass with dropout, a branch
+  // s * B(A(dropout(x))) beside each adapted map; otherwise the weight modifier
+  // W + s * B * A (the same map without dropout, merged).
   TowerHooks hooks() const {
     TowerHooks h;
     const double scale = options_.alpha / std::sqrt(static_cast<double>(options_.rank));
+    const bool branches = options_.dropout > 0 && torch::GradMode::is_enabled();
     // The pair is named, not bound: a lambda cannot capture a structured binding in C++17
     // (clang 14, which builds the fuzzers, refuses it).
-    for (const auto& entry : updates_)
+    for (const auto& entry : updates_) {
+      if (branches) {
+        h.branches[entry.first] = [parts = entry.second, scale, p = options_.dropout](const torch::Tensor& x) {
+          auto branch = [&](const Part& part) {
+            return torch::linear(torch::linear(torch::dropout(x, p, /*train=*/true), part.a), part.b) * scale;
+          };
+          if (parts.size() == 1 && parts[0].row < 0) return branch(parts[0]);
+          std::vector<torch::Tensor> qkv(3);  // in_proj's output columns; zeros where not adapted
+          for (const auto& part : parts) qkv[static_cast<size_t>(part.row)] = branch(part);
+          auto shape = x.sizes().vec();
+          shape.back() = parts[0].b.size(0);
+          for (auto& t : qkv)
+            if (!t.defined()) t = torch::zeros(shape, x.options());
+          return torch::cat(qkv, -1);
+        };
+        continue;
+      }
       h.modifiers[entry.first] = [parts = entry.second, scale](const torch::Tensor& w) {
         if (parts.size() == 1 && parts[0].row < 0) return w + scale * parts[0].b.mm(parts[0].a);
         const int64_t d = w.size(0) / 3;  // in_proj_weight: q, k, v rows
@@ -90,6 +112,7 @@ class ClipLora : public Method {
         for (const auto& p : parts) rows[p.row] = rows[p.row] + scale * p.b.mm(p.a);
         return torch::cat(rows, 0);
       };
+    }
     return h;
   }
 

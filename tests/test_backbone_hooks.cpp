@@ -415,3 +415,49 @@ TEST(BackboneHooks, ClearErrors) {
   EXPECT_NE(msg.find("deep image prompts need a ViT image tower; this CLIP's is a ModifiedResNet"), std::string::npos)
       << msg;
 }
+
+// A branch beside a linear map, x -> x ΔWᵀ, is the map with W + ΔW, in every entry of
+// both towers (in_proj of a text block, c_fc of an image block, out_proj of both); a
+// branch returning zeros changes nothing; bad names and shapes are refused.
+TEST(BackboneHooks, ABranchBesideAMapIsTheUpdateOfItsWeight) {
+  Clip clip = load_clip(vt::tiny_vit());
+  const auto g = golden("tiny_vit");
+  torch::manual_seed(3);
+  TowerHooks merged, beside, zeros;
+  for (const auto& name : {block(false, 1, "attn.in_proj_weight"), block(true, 0, "mlp.c_fc.weight"),
+                           block(false, 0, "attn.out_proj.weight"), block(true, 1, "attn.out_proj.weight")}) {
+    const auto w = clip->named_parameters()[name];
+    const auto delta = torch::randn(w.sizes()) * 0.02;
+    merged.modifiers[name] = [delta](const torch::Tensor& w) { return w + delta; };
+    beside.branches[name] = [delta](const torch::Tensor& x) { return torch::linear(x, delta); };
+    zeros.branches[name] = [out = w.size(0)](const torch::Tensor& x) {
+      auto shape = x.sizes().vec();
+      shape.back() = out;
+      return torch::zeros(shape, x.options());
+    };
+  }
+  clip->set_hooks(merged);
+  const auto want = encode_in(Mode::Grad, clip, g);
+  clip->set_hooks(beside);
+  for (Mode mode : kModes) {  // a branch never runs fused: every mode takes the module path
+    const auto got = encode_in(mode, clip, g);
+    EXPECT_LT(rel_diff(got.image, want.image), 1e-5);
+    EXPECT_LT(rel_diff(got.text, want.text), 1e-5);
+    EXPECT_LT(rel_diff(got.prefixed, want.prefixed), 1e-5);
+  }
+  clip->clear_hooks();
+  const auto base = encode_in(Mode::Grad, clip, g);
+  EXPECT_GT(rel_diff(base.image, want.image), 1e-3);  // the update is not negligible
+  clip->set_hooks(zeros);
+  expect_equal(encode_in(Mode::Grad, clip, g), base, "zero branches");
+  TowerHooks bad;
+  bad.branches[block(false, 0, "ln_1.weight")] = [](const torch::Tensor& x) { return x; };
+  EXPECT_NE(error_of([&] { clip->set_hooks(bad); }).find("'transformer.resblocks.0.ln_1.weight' is not the weight of "
+                                                         "a block's linear map"),
+            std::string::npos);
+  TowerHooks wrong;
+  wrong.branches[block(true, 0, "mlp.c_fc.weight")] = [](const torch::Tensor& x) { return x; };  // D, not 4D
+  clip->set_hooks(wrong);
+  EXPECT_NE(error_of([&] { encode(clip, g); }).find("expected the map's output shape"), std::string::npos);
+  clip->clear_hooks();
+}

@@ -92,7 +92,10 @@ TEST(ClipLora, ModifiesExactlyTheNamedRows) {
     params["lora_A_text_1_o"].fill_(1.0);
     params["lora_B_text_1_o"].fill_(-1.0);
   }
-  auto hooks = lora.hooks();
+  const auto hooks = [&] {
+    torch::NoGradGuard no_grad;  // evaluation: the updates merged into the weights
+    return lora.hooks();
+  }();
   const auto weights = clip()->weights();
   const auto& in_proj = weights.at("transformer.resblocks.1.attn.in_proj_weight");
   auto w = hooks.modifiers.at("transformer.resblocks.1.attn.in_proj_weight")(in_proj);
@@ -104,6 +107,44 @@ TEST(ClipLora, ModifiesExactlyTheNamedRows) {
   const auto& out = weights.at("transformer.resblocks.1.attn.out_proj.weight");
   EXPECT_TRUE(torch::allclose(hooks.modifiers.at("transformer.resblocks.1.attn.out_proj.weight")(out), out - 2.0));
   EXPECT_EQ(hooks.modifiers.count("visual.transformer.resblocks.1.attn.in_proj_weight"), 0u);
+}
+
+// Training passes put each factor pair beside its map with dropout on the input (the
+// code's LinearLoRA); evaluation merges the updates into the weights. With a vanishing
+// dropout the two agree (the branches' q, v and zero k columns sit where the merged rows
+// do); with the paper's 0.25 a training pass is random, repeatable from the seed, and
+// evaluation is not random.
+TEST(ClipLora, DropoutBranchesInTrainingMergedWeightsInEvaluation) {
+  auto logits_of = [](double dropout) {
+    m::ClipLoraOptions o;
+    o.params = {"q", "v", "o"};
+    o.dropout = dropout;
+    torch::manual_seed(0);
+    auto lora = std::make_shared<m::ClipLora>(o);
+    lora->setup(task());
+    torch::NoGradGuard no_grad;
+    for (auto& p : lora->parameters()) p.copy_(torch::randn(p.sizes()) * 0.1);
+    return lora;
+  };
+  vlmadapt::Batch b;
+  b.pixels = pixels(3, 4);
+  auto evaluate = [&](m::ClipLora& lora) {
+    torch::NoGradGuard no_grad;
+    return lora.logits(b);
+  };
+  auto almost = logits_of(1e-9);
+  const auto merged = evaluate(*almost);
+  EXPECT_TRUE(torch::allclose(almost->logits(b), merged, 1e-4, 1e-4));
+  auto paper = logits_of(0.25);
+  EXPECT_TRUE(torch::equal(evaluate(*paper), merged));  // the same factors, merged
+  const auto first = paper->logits(b), second = paper->logits(b);
+  EXPECT_FALSE(torch::allclose(first, merged, 1e-3, 1e-3));
+  EXPECT_FALSE(torch::equal(first, second));
+  torch::manual_seed(7);
+  const auto seeded = paper->logits(b);
+  torch::manual_seed(7);
+  EXPECT_TRUE(torch::equal(paper->logits(b), seeded));
+  EXPECT_TRUE(torch::equal(evaluate(*paper), evaluate(*paper)));
 }
 
 TEST(ClipLora, PositionsAreThePapersBlocksOnTwelveLayers) {
@@ -130,6 +171,9 @@ TEST(ClipLora, BadOptionsNameTheKey) {
   EXPECT_NE(setup_error({{"clip_lora.params", "q|x"}}).find("clip_lora.params"), std::string::npos);
   EXPECT_NE(setup_error({{"clip_lora.position", "bottom"}}).find("clip_lora.position"), std::string::npos);
   EXPECT_NE(vt::error_of([] { vlmadapt::make_method("clip_lora", {{"clip_lora.rank", "0"}}); }).find("clip_lora.rank"),
+            std::string::npos);
+  EXPECT_NE(vt::error_of([] { vlmadapt::make_method("clip_lora", {{"clip_lora.dropout", "1.5"}}); })
+                .find("clip_lora.dropout"),
             std::string::npos);
   auto rn = vlmadapt::load_clip(vt::tiny_rn());
   TaskContext t = task();

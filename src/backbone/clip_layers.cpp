@@ -4,6 +4,8 @@
 #include <cmath>
 #include <tuple>
 
+#include <vlmadapt/core/error.h>
+
 namespace vlmadapt::detail {
 
 torch::Tensor layer_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x) {
@@ -21,6 +23,18 @@ static torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
 }
 
+// x W^T + b, plus the branch beside the map when there is one.
+static torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                            const LinearBranch& branch) {
+  auto y = torch::linear(x, w, b);
+  if (!branch) return y;
+  auto extra = branch(x);
+  if (!extra.defined() || extra.sizes() != y.sizes())
+    throw Error("linear branch returned " + (extra.defined() ? c10::str(extra.sizes()) : std::string("an undefined tensor")) +
+                ", expected the map's output shape " + c10::str(y.sizes()));
+  return y + extra;
+}
+
 AttentionImpl::AttentionImpl(int64_t width, int64_t heads) : heads_(heads) {
   in_proj_weight_ = register_parameter("in_proj_weight", torch::empty({3 * width, width}));
   in_proj_bias_ = register_parameter("in_proj_bias", torch::zeros({3 * width}));
@@ -30,13 +44,13 @@ AttentionImpl::AttentionImpl(int64_t width, int64_t heads) : heads_(heads) {
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask, const BlockWeights& w) {
   const int64_t n = x.size(0), l = x.size(1), d = x.size(2), hd = d / heads_;
   // [N,L,3D] -> 3 x [N,H,L,hd]
-  auto qkv = torch::linear(x, w.in_w, w.in_b).view({n, l, 3, heads_, hd});
+  auto qkv = linear(x, w.in_w, w.in_b, w.in_branch).view({n, l, 3, heads_, hd});
   qkv = qkv.permute({2, 0, 3, 1, 4});
   auto q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
   auto scores = torch::matmul(q, qkv[1].transpose(-2, -1));
   if (mask.defined()) scores = scores + mask;
   auto out = torch::matmul(torch::softmax(scores, -1), qkv[2]);  // [N,H,L,hd]
-  return torch::linear(out.transpose(1, 2).reshape({n, l, d}), w.out_w, w.out_b);
+  return linear(out.transpose(1, 2).reshape({n, l, d}), w.out_w, w.out_b, w.out_branch);
 }
 
 std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const torch::Tensor& y_p,
@@ -50,10 +64,10 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const to
   auto heads = [&](const torch::Tensor& qkv, int64_t n, int64_t l) {  // [n*l,3D] -> [3,n,H,l,hd]
     return qkv.view({n, l, 3, heads_, hd}).permute({2, 0, 3, 1, 4});
   };
-  auto qkv_p = heads(torch::linear(y_p, w.in_w, w.in_b), 1, p);
+  auto qkv_p = heads(linear(y_p, w.in_w, w.in_b, w.in_branch), 1, p);
   // The packed rows go to their padded slots for the per-suffix attention; the padding
   // (zeros, after each end token) is masked out for every real row and never read back.
-  auto packed = torch::linear(y_s, w.in_w, w.in_b);
+  auto packed = linear(y_s, w.in_w, w.in_b, w.in_branch);
   auto padded = packed.size(0) == c * s ? packed
                                         : torch::zeros({c * s, 3 * d}, packed.options()).index_copy(0, rows.slot, packed);
   auto qkv_s = heads(padded, c, s);
@@ -65,8 +79,8 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::forward_prefixed(const to
   auto scores_s = torch::matmul(qkv_s[0] * scale, k.transpose(-2, -1)) + mask.narrow(0, p, s);
   auto out_s = torch::matmul(torch::softmax(scores_s, -1), v).transpose(1, 2).reshape({c * s, d});
   if (out_slot.size(0) != c * s) out_s = out_s.index_select(0, out_slot);
-  return {torch::linear(out_p.transpose(1, 2).reshape({1, p, d}), w.out_w, w.out_b),
-          torch::linear(out_s, w.out_w, w.out_b)};
+  return {linear(out_p.transpose(1, 2).reshape({1, p, d}), w.out_w, w.out_b, w.out_branch),
+          linear(out_s, w.out_w, w.out_b, w.out_branch)};
 }
 
 MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation) {
@@ -75,9 +89,9 @@ MlpImpl::MlpImpl(int64_t width, Activation activation) : activation_(activation)
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x, const BlockWeights& w) {
-  auto h = torch::linear(x, w.fc_w, w.fc_b);
+  auto h = linear(x, w.fc_w, w.fc_b, w.fc_branch);
   h = activation_ == Activation::QuickGELU ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return torch::linear(h, w.proj_w, w.proj_b);
+  return linear(h, w.proj_w, w.proj_b, w.proj_branch);
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
@@ -148,11 +162,13 @@ bool Transformer::can_fuse(std::initializer_list<torch::Tensor> inputs, const to
         (grad && x.requires_grad()))
       return false;
   // The block weights are every parameter of the tower (modified ones included).
-  for (const auto& w : weights)
+  for (const auto& w : weights) {
+    if (w.has_branch()) return false;
     for (const torch::Tensor* p : w.all())
       if ((grad && p->requires_grad()) || p->scalar_type() != torch::kFloat || !p->device().is_cpu() ||
           !p->is_contiguous())
         return false;
+  }
   return true;
 }
 

@@ -29,12 +29,15 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight, co
 
 // A block's modifiers, by parameter name within the block ("attn.in_proj_weight").
 using ModifierMap = std::map<std::string, WeightModifier>;
+// A block's linear branches, by the map's weight name within the block ("mlp.c_fc.weight").
+using BranchMap = std::map<std::string, LinearBranch>;
 
 // What a tower's passes substitute: ClipImpl::set_hooks resolves its TowerHooks into one
 // of these per Transformer (tower_hooks.cpp). Empty: the passes are exactly as without.
 struct TransformerHooks {
   std::string prefix;                  // "visual.transformer.resblocks." (for errors)
   std::vector<ModifierMap> modifiers;  // one per block, or none at all
+  std::vector<BranchMap> branches;     // the same
   std::vector<torch::Tensor> deep;     // DeepPrompts::tokens; deep[0] is the caller's (input)
   int64_t count = 0;                   // n, rows of each entry
   bool at_end = false;                 // image: the last n rows; text: rows 1..n
@@ -46,6 +49,9 @@ struct TransformerHooks {
 struct BlockWeights {
   torch::Tensor ln_1_w, ln_1_b, in_w, in_b, out_w, out_b, ln_2_w, ln_2_b, fc_w, fc_b, proj_w, proj_b;
   double eps = 1e-5;
+  // Branches beside the linear maps (TowerHooks::branches); empty where there is none.
+  LinearBranch in_branch, out_branch, fc_branch, proj_branch;
+  bool has_branch() const { return in_branch || out_branch || fc_branch || proj_branch; }
   // Pointers for fused_forward (valid while these tensors live; fp32 contiguous CPU).
   FusedBlock fused() const;
   std::vector<const torch::Tensor*> all() const;
@@ -90,7 +96,9 @@ class ResidualAttentionBlockImpl : public torch::nn::Module {
   ResidualAttentionBlockImpl(int64_t width, int64_t heads, const ClipConfig& config);
   // The parameters as one pass uses them: what the modifier in `mods` (if any) makes of
   // each, else the stored tensor. prefix + index name the block in errors.
-  BlockWeights weights(const ModifierMap* mods, const std::string& prefix, size_t index) const;
+  // `branches` (if any) go beside the linear maps.
+  BlockWeights weights(const ModifierMap* mods, const BranchMap* branches, const std::string& prefix,
+                       size_t index) const;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask, const BlockWeights& w);
   // The block over a shared prefix [1,p,D] and packed suffix rows [R,D] (causal). With
   // `keep` (packed row indices), only those suffix rows go on and the prefix is not

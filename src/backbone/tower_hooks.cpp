@@ -2,6 +2,7 @@
 // how a Transformer's pass applies them (modified block weights, deep prompt rows).
 #include <algorithm>
 #include <regex>
+#include <set>
 
 #include <vlmadapt/core/error.h>
 
@@ -100,9 +101,28 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
     if (mods.empty()) mods.resize(m[1].matched ? vit->size() : transformer_->size());
     mods.at(std::stoul(m[2].str()))[m[3].str()] = modifier;
   }
+  // Branches by tower and block: only beside the blocks' four linear maps.
+  std::vector<detail::BranchMap> text_branches, image_branches;
+  static const std::set<std::string> linear_maps = {"attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight",
+                                                    "mlp.c_proj.weight"};
+  for (const auto& [name, branch] : hooks.branches) {
+    std::smatch m;
+    if (std::find(names.begin(), names.end(), name) == names.end() || !std::regex_match(name, m, in_block) ||
+        !linear_maps.count(m[3].str()))
+      throw Error("linear branch: '" + name + "' is not the weight of a block's linear map (expected " +
+                  "[visual.]transformer.resblocks.{i}.{attn.in_proj_weight, attn.out_proj.weight, mlp.c_fc.weight, " +
+                  "mlp.c_proj.weight}); closest: " + closest(name, names));
+    if (!branch) throw Error("linear branch for '" + name + "' is empty");
+    auto& branches = m[1].matched ? image_branches : text_branches;
+    if (branches.empty()) branches.resize(m[1].matched ? vit->size() : transformer_->size());
+    branches.at(std::stoul(m[2].str()))[m[3].str()] = branch;
+  }
   // Everything checked: install (nothing changed if anything above threw).
-  transformer_->set_hooks({"transformer.resblocks.", std::move(text_mods), hooks.text.tokens, text_n, false});
-  if (vit) vit->set_hooks({"visual.transformer.resblocks.", std::move(image_mods), hooks.image.tokens, image_n, true});
+  transformer_->set_hooks(
+      {"transformer.resblocks.", std::move(text_mods), std::move(text_branches), hooks.text.tokens, text_n, false});
+  if (vit)
+    vit->set_hooks({"visual.transformer.resblocks.", std::move(image_mods), std::move(image_branches),
+                    hooks.image.tokens, image_n, true});
   visual_->patch_modifier = std::move(patch_modifier);
   hooks_ = std::move(hooks);
 }
@@ -143,8 +163,8 @@ bool TransformerHooks::has_deep() const {
   return false;
 }
 
-BlockWeights ResidualAttentionBlockImpl::weights(const ModifierMap* mods, const std::string& prefix,
-                                                 size_t index) const {
+BlockWeights ResidualAttentionBlockImpl::weights(const ModifierMap* mods, const BranchMap* branches,
+                                                 const std::string& prefix, size_t index) const {
   auto pick = [&](const char* name, const torch::Tensor& stored) {
     if (!mods) return stored;
     auto it = mods->find(name);
@@ -156,7 +176,12 @@ BlockWeights ResidualAttentionBlockImpl::weights(const ModifierMap* mods, const 
                   ", expected the weight's shape " + c10::str(stored.sizes()));
     return modified;
   };
-  return {pick("ln_1.weight", ln_1_->weight),
+  auto beside = [&](const char* name) {
+    if (!branches) return LinearBranch();
+    auto it = branches->find(name);
+    return it == branches->end() ? LinearBranch() : it->second;
+  };
+  BlockWeights w{pick("ln_1.weight", ln_1_->weight),
           pick("ln_1.bias", ln_1_->bias),
           pick("attn.in_proj_weight", attn_->in_proj_weight_),
           pick("attn.in_proj_bias", attn_->in_proj_bias_),
@@ -169,6 +194,11 @@ BlockWeights ResidualAttentionBlockImpl::weights(const ModifierMap* mods, const 
           pick("mlp.c_proj.weight", mlp_->c_proj_->weight),
           pick("mlp.c_proj.bias", mlp_->c_proj_->bias),
           ln_1_->options.eps()};
+  w.in_branch = beside("attn.in_proj_weight");
+  w.out_branch = beside("attn.out_proj.weight");
+  w.fc_branch = beside("mlp.c_fc.weight");
+  w.proj_branch = beside("mlp.c_proj.weight");
+  return w;
 }
 
 std::vector<BlockWeights> Transformer::pass_weights() const {
@@ -176,7 +206,8 @@ std::vector<BlockWeights> Transformer::pass_weights() const {
   out.reserve(blocks_.size());
   for (size_t b = 0; b < blocks_.size(); ++b) {
     const ModifierMap* mods = hooks_.modifiers.empty() ? nullptr : &hooks_.modifiers[b];
-    out.push_back(blocks_[b]->weights(mods, hooks_.prefix, b));
+    const BranchMap* branches = hooks_.branches.empty() ? nullptr : &hooks_.branches[b];
+    out.push_back(blocks_[b]->weights(mods, branches, hooks_.prefix, b));
   }
   return out;
 }

@@ -88,6 +88,12 @@ struct DeepPrompts {
 // parameter itself). Called once per tower pass; gradients flow to whatever f uses.
 using WeightModifier = std::function<torch::Tensor(const torch::Tensor& weight)>;
 
+// y = x W^T + b + g(x) for one of a block's linear maps: g sees the map's input x
+// [..., d_in] and returns [..., d_out]. For what no change of W can express, such as a
+// LoRA branch with dropout on its own input, s * B(A(dropout(x))). Called at every use of
+// the map in a pass; a pass with a branch does not run fused.
+using LinearBranch = std::function<torch::Tensor(const torch::Tensor& input)>;
+
 struct TowerHooks {
   DeepPrompts text;   // transformer_width tokens
   DeepPrompts image;  // vision_width tokens
@@ -99,8 +105,14 @@ struct TowerHooks {
   // patch embedding "visual.conv1.weight" [W,3,p,p] can take one (R-AMT masks it); the
   // ModifiedResNet's stem conv1 cannot.
   std::map<std::string, WeightModifier> modifiers;
+  // By the map's weight name, for the four linear maps of a transformer block:
+  // "[visual.]transformer.resblocks.{i}.{attn.in_proj_weight, attn.out_proj.weight,
+  // mlp.c_fc.weight, mlp.c_proj.weight}" (in_proj's output is q, k, v: [..., 3D]).
+  std::map<std::string, LinearBranch> branches;
 
-  bool empty() const { return text.depth() == 0 && image.depth() == 0 && modifiers.empty(); }
+  bool empty() const {
+    return text.depth() == 0 && image.depth() == 0 && modifiers.empty() && branches.empty();
+  }
 };
 
 class ClipImpl : public torch::nn::Module {
