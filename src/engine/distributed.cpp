@@ -90,14 +90,6 @@ std::string rank_device(const std::string& device, const DistEnv& env) {
   return device;
 }
 
-bool nccl_built() {
-#ifdef USE_C10D_NCCL
-  return true;
-#else
-  return false;
-#endif
-}
-
 struct Group::Impl {
   DistEnv env;
   c10::intrusive_ptr<c10d::TCPStore> store;

@@ -74,8 +74,6 @@ bool world_started();
 // The device a rank runs on: "cuda" without an index becomes "cuda:LOCAL_RANK" in a
 // distributed run, so that each process of a machine takes its own GPU.
 std::string rank_device(const std::string& device, const DistEnv& env);
-// Whether this libtorch has ProcessGroupNCCL (USE_C10D_NCCL).
-bool nccl_built();
 
 // Items [begin, end) of `n` that `rank` of `ranks` takes: contiguous blocks of `align`
 // items (a batch: then every rank's batches are the single process's batches).
