@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The pseudolabel table of docs/FEWSHOT.md on the built-in model: Fashion-MNIST under the
+# The pseudolabel tables of docs/MODIFIERS_AND_PSEUDOLABELS.md on the built-in model: Fashion-MNIST under the
 # three paradigms of Menghini et al. (ssl: 2 labels per class; ul: none; trzsl: 62% of the
 # classes seen), zero-shot CLIP ("a photo of a {}") beside FPL, IFPL and GRIP with textual
-# prompts, the paper's recipe (150 epochs per round, SGD 0.1, the last epoch; nothing is
+# prompts (PROMPT=visual: the image tower's prompt tokens; give it its own OUT), the paper's recipe (150 epochs per round, SGD 0.1, the last epoch; nothing is
 # chosen on test), on a seeded subset of UNLABELLED unlabelled images (the paper's
 # datasets have 1-20k train images; GRIP's last rounds train on all of them) and, for
 # trzsl, TRZSL_SHOTS labelled images per seen class (the paper labels all of them: 36,000
 # here). Top-1 on the test split; for trzsl the harmonic mean of seen and unseen top-1.
-# SEEDS, OUT, UNLABELLED, EPOCHS, TRZSL_SHOTS, PARADIGMS and STRATEGIES override;
+# SEEDS, OUT, UNLABELLED, EPOCHS, TRZSL_SHOTS, PARADIGMS, STRATEGIES and PROMPT override;
 # FORCE=true reruns finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ EPOCHS=${EPOCHS:-150}
 STRATEGIES=${STRATEGIES:-"fpl ifpl grip"}
 PARADIGMS=${PARADIGMS:-"ssl ul trzsl"}
 TRZSL_SHOTS=${TRZSL_SHOTS:-16}
+PROMPT=${PROMPT:-textual}
 base=(--recipe recipes/datasets/fashion_mnist.ini)
 
 train() {  # name recipe [values...]
@@ -36,7 +37,7 @@ for paradigm in $PARADIGMS; do
     train "zeroshot_$paradigm" recipes/zeroshot/zeroshot.ini data.paradigm=$paradigm data.shots=$shots \
       data.seed="$seed" "zeroshot.templates=a photo of a {}"
     for s in $STRATEGIES; do
-      train "${s}_$paradigm" "$recipe" pseudolabel.strategy="$s" data.seed="$seed" data.shots=$shots \
+      train "${s}_$paradigm" "$recipe" pseudolabel.strategy="$s" pseudolabel.prompt="$PROMPT" data.seed="$seed" data.shots=$shots \
         data.unlabelled_limit="$UNLABELLED" train.epochs="$EPOCHS"
       echo "$paradigm $s seed $seed: $(( $(date +%s) - t0 )) s"
     done
