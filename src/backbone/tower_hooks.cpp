@@ -58,6 +58,19 @@ int64_t check_prompts(const DeepPrompts& prompts, const std::string& tower, int6
   return n;
 }
 
+// Per-block hooks of both towers (modifiers or branches), filled by block name.
+template <class Map>
+struct BlockHooks {
+  std::vector<Map> text, image;
+  size_t text_blocks = 0, image_blocks = 0;
+  // `m`: a name matched by in_block ([visual.]transformer.resblocks.{i}.{name in the block}).
+  void put(const std::smatch& m, typename Map::mapped_type hook) {
+    auto& tower = m[1].matched ? image : text;
+    if (tower.empty()) tower.resize(m[1].matched ? image_blocks : text_blocks);
+    tower.at(std::stoul(m[2].str()))[m[3].str()] = std::move(hook);
+  }
+};
+
 }  // namespace
 
 void ClipImpl::set_hooks(TowerHooks hooks) {
@@ -77,7 +90,8 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
       throw Error("deep image prompts: layer 0's tokens are required (they are appended to the input sequence)");
   }
   // Modifiers by tower and block: "[visual.]transformer.resblocks.{i}.{name in the block}".
-  std::vector<detail::ModifierMap> text_mods, image_mods;
+  BlockHooks<detail::ModifierMap> mods{{}, {}, transformer_->size(), vit ? vit->size() : 0};
+  BlockHooks<detail::BranchMap> branches{{}, {}, mods.text_blocks, mods.image_blocks};
   std::vector<std::string> names;
   for (const auto& item : named_parameters(true)) names.push_back(item.key());
   static const std::regex in_block(R"(^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$)");
@@ -97,12 +111,9 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
       patch_modifier = modifier;
       continue;
     }
-    auto& mods = m[1].matched ? image_mods : text_mods;
-    if (mods.empty()) mods.resize(m[1].matched ? vit->size() : transformer_->size());
-    mods.at(std::stoul(m[2].str()))[m[3].str()] = modifier;
+    mods.put(m, modifier);
   }
   // Branches by tower and block: only beside the blocks' four linear maps.
-  std::vector<detail::BranchMap> text_branches, image_branches;
   static const std::set<std::string> linear_maps = {"attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight",
                                                     "mlp.c_proj.weight"};
   for (const auto& [name, branch] : hooks.branches) {
@@ -113,15 +124,13 @@ void ClipImpl::set_hooks(TowerHooks hooks) {
                   "[visual.]transformer.resblocks.{i}.{attn.in_proj_weight, attn.out_proj.weight, mlp.c_fc.weight, " +
                   "mlp.c_proj.weight}); closest: " + closest(name, names));
     if (!branch) throw Error("linear branch for '" + name + "' is empty");
-    auto& branches = m[1].matched ? image_branches : text_branches;
-    if (branches.empty()) branches.resize(m[1].matched ? vit->size() : transformer_->size());
-    branches.at(std::stoul(m[2].str()))[m[3].str()] = branch;
+    branches.put(m, branch);
   }
   // Everything checked: install (nothing changed if anything above threw).
   transformer_->set_hooks(
-      {"transformer.resblocks.", std::move(text_mods), std::move(text_branches), hooks.text.tokens, text_n, false});
+      {"transformer.resblocks.", std::move(mods.text), std::move(branches.text), hooks.text.tokens, text_n, false});
   if (vit)
-    vit->set_hooks({"visual.transformer.resblocks.", std::move(image_mods), std::move(image_branches),
+    vit->set_hooks({"visual.transformer.resblocks.", std::move(mods.image), std::move(branches.image),
                     hooks.image.tokens, image_n, true});
   visual_->patch_modifier = std::move(patch_modifier);
   hooks_ = std::move(hooks);
